@@ -1,0 +1,33 @@
+# Two commands do all the set-up on a fresh machine: `make test` and `make demo`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+REDIS_URL ?= redis://127.0.0.1:6379/0
+export REDIS_URL
+
+.PHONY: install test lint unit demo redis bench clean
+
+# The venv is rebuilt only when pyproject.toml changes (stamp file).
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	@touch $@
+
+install: $(VENV)/.installed
+
+redis:
+	@bash scripts/ensure_redis.sh "$(REDIS_URL)"
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+test: install redis lint
+	$(PY) -m pytest -q
+
+demo: install
+	@bash scripts/ensure_redis.sh "$(REDIS_URL)" || echo "demo: no Redis; the service runs without it"
+	$(PY) -m demo
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info
