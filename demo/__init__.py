@@ -1,0 +1,1 @@
+"""`make demo`: synthetic data -> index -> service -> selective vs random joint fine-tuning, end to end."""

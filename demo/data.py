@@ -1,0 +1,316 @@
+"""Synthetic demo data: a SOURCE corpus of texture classes and a small TARGET set built from known ones.
+
+Pure numpy + PIL and deterministic by seed: the same seed gives byte-identical PNG files, whatever order the
+classes are generated in (each class draws from its own child of one ``SeedSequence``).
+
+Each target class is made from a KNOWN subset of source generators (e.g. "zebra" = fine stripes at 0 or
+90 degrees, bent by a smooth warp, inside an animal-shaped mask, on a faint background), so the low-level
+statistics the index compares match those source classes. ``demo_manifest.json`` records that mapping; the
+demo measures how many retrieved source images come from the matching classes, against random selection.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+MANIFEST_NAME = "demo_manifest.json"
+FORMAT_VERSION = 1
+
+Gray = np.ndarray  # (S, S) float64 in [0, 1]
+
+
+@dataclass(frozen=True)
+class SourceClass:
+    """A source class: texture ``kind`` at characteristic length ``scale`` (px) and ``angle`` (deg)."""
+
+    name: str
+    kind: str
+    scale: float
+    angle: float = 0.0
+
+
+@dataclass(frozen=True)
+class TargetClass:
+    """A target class: each image comes from one of the ``matching`` source classes, deformed and masked."""
+
+    name: str
+    matching: tuple[str, ...]
+    warp: float  # amplitude of the smooth coordinate warp, px
+    mask: str  # "ellipse" or "blob": the object shape over the faint background
+
+
+def _stripes(name: str, scale: float, angle: float) -> SourceClass:
+    return SourceClass(name, "stripes", scale, angle)
+
+
+SOURCE_CLASSES: tuple[SourceClass, ...] = (
+    *(_stripes(f"stripes_fine_{a:03d}", 4.5, a) for a in (0, 45, 90, 135)),
+    *(_stripes(f"stripes_coarse_{a:03d}", 14.0, a) for a in (0, 45, 90, 135)),
+    SourceClass("checker_fine", "checker", 3.0),
+    SourceClass("checker_coarse", "checker", 10.0),
+    SourceClass("dots_fine", "dots", 5.0),
+    SourceClass("dots_coarse", "dots", 14.0),
+    SourceClass("rings_fine", "rings", 5.0),
+    SourceClass("rings_coarse", "rings", 16.0),
+    SourceClass("noise_fine", "noise", 2.0),
+    SourceClass("noise_coarse", "noise", 10.0),
+    SourceClass("blobs", "blobs", 8.0),
+    SourceClass("crosshatch_fine", "crosshatch", 5.0, 0.0),
+    SourceClass("crosshatch_diagonal", "crosshatch", 9.0, 45.0),
+    SourceClass("gradient", "gradient", 64.0),
+)
+
+TARGET_CLASSES: tuple[TargetClass, ...] = (
+    TargetClass("zebra", ("stripes_fine_000", "stripes_fine_090"), warp=1.0, mask="blob"),
+    TargetClass("tiger", ("stripes_coarse_045", "stripes_coarse_135"), warp=3.0, mask="blob"),
+    TargetClass("leopard", ("dots_fine", "dots_coarse"), warp=1.5, mask="ellipse"),
+    TargetClass("chessboard", ("checker_fine", "checker_coarse"), warp=0.0, mask="ellipse"),
+    TargetClass("ripples", ("rings_fine", "rings_coarse"), warp=1.0, mask="blob"),
+    TargetClass("clouds", ("noise_coarse", "blobs"), warp=2.0, mask="ellipse"),
+)
+
+_SOURCE_BY_NAME = {c.name: c for c in SOURCE_CLASSES}
+
+
+@dataclass
+class DemoManifest:
+    """What was generated, and which source classes each target class was built from (the ground truth)."""
+
+    seed: int
+    size: int
+    source_dir: str
+    target_dir: str
+    source_classes: dict[str, dict] = field(default_factory=dict)  # name -> generator params + count
+    target_classes: dict[str, dict] = field(default_factory=dict)  # name -> matching, train, val counts
+    mapping: dict[str, list[str]] = field(default_factory=dict)  # target class -> matching source classes
+    format_version: int = FORMAT_VERSION
+
+    def random_fraction(self, target_class: str) -> float:
+        """Expected share of matching-class images among uniform random source picks for ``target_class``."""
+        total = sum(c["count"] for c in self.source_classes.values())
+        matching = sum(self.source_classes[s]["count"] for s in self.mapping[target_class])
+        return matching / total
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> DemoManifest:
+        return cls(**json.loads(Path(path).read_text()))
+
+
+# --- texture generators: (x, y, rng, scale, angle) -> (S, S) gray in [0, 1] ---
+
+
+def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+    y, x = np.mgrid[0:size, 0:size].astype(np.float64)
+    return x, y
+
+
+def _rotated(x: np.ndarray, y: np.ndarray, angle_deg: float) -> np.ndarray:
+    theta = math.radians(angle_deg)
+    return x * math.cos(theta) + y * math.sin(theta)
+
+
+def _gen_stripes(x, y, rng, scale, angle):
+    u = _rotated(x, y, angle + rng.uniform(-6, 6))
+    return 0.5 + 0.5 * np.sin(2 * math.pi * u / scale + rng.uniform(0, 2 * math.pi))
+
+
+def _gen_crosshatch(x, y, rng, scale, angle):
+    a = angle + rng.uniform(-5, 5)
+    u, v = _rotated(x, y, a), _rotated(x, y, a + 90)
+    phase = rng.uniform(0, 2 * math.pi)
+    return 0.25 * (2 + np.sin(2 * math.pi * u / scale) + np.sin(2 * math.pi * v / scale + phase))
+
+
+def _gen_checker(x, y, rng, scale, angle):
+    ox, oy = rng.uniform(0, 2 * scale, 2)
+    return (((x + ox) // scale + (y + oy) // scale) % 2).astype(np.float64)
+
+
+def _gen_dots(x, y, rng, scale, angle):
+    # Spots on a jittered lattice of pitch ``scale`` (radius ~ scale / 3): leopard-like, density set by scale.
+    size = x.shape[0]
+    n = int(math.ceil(size / scale)) + 1
+    gy, gx = np.mgrid[0:n, 0:n].astype(np.float64)
+    cx = (gx + rng.uniform(-0.3, 0.3, gx.shape)) * scale + rng.uniform(0, scale)
+    cy = (gy + rng.uniform(-0.3, 0.3, gy.shape)) * scale + rng.uniform(0, scale)
+    r2 = (scale / 3.0) ** 2 * rng.uniform(0.7, 1.3, gx.shape)
+    d2 = (x[..., None] - cx.ravel()) ** 2 + (y[..., None] - cy.ravel()) ** 2  # (S, S, n*n)
+    return (d2 < r2.ravel()).any(axis=-1).astype(np.float64)
+
+
+def _gen_rings(x, y, rng, scale, angle):
+    size = x.shape[0]
+    cx, cy = rng.uniform(0.2 * size, 0.8 * size, 2)
+    return 0.5 + 0.5 * np.sin(2 * math.pi * np.hypot(x - cx, y - cy) / scale + rng.uniform(0, 6.3))
+
+
+def _smooth_noise(size: int, rng: np.random.Generator, scale: float) -> np.ndarray:
+    cells = max(2, int(round(size / scale)))
+    coarse = (rng.random((cells, cells)) * 255).astype(np.uint8)
+    return np.asarray(Image.fromarray(coarse).resize((size, size), Image.BICUBIC), dtype=np.float64) / 255.0
+
+
+def _gen_noise(x, y, rng, scale, angle):
+    img = _smooth_noise(x.shape[0], rng, scale)
+    return (img - img.min()) / max(img.max() - img.min(), 1e-6)
+
+
+def _gen_blobs(x, y, rng, scale, angle):
+    size = x.shape[0]
+    img = np.zeros_like(x)
+    for _ in range(6):
+        cx, cy = rng.uniform(0, size, 2)
+        img += np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * scale**2))
+    return img / img.max()
+
+
+def _gen_gradient(x, y, rng, scale, angle):
+    u = _rotated(x, y, rng.uniform(0, 360)) / scale
+    return (u - u.min()) / max(u.max() - u.min(), 1e-6)
+
+
+GENERATORS: dict[str, Callable[..., Gray]] = {
+    "stripes": _gen_stripes,
+    "crosshatch": _gen_crosshatch,
+    "checker": _gen_checker,
+    "dots": _gen_dots,
+    "rings": _gen_rings,
+    "noise": _gen_noise,
+    "blobs": _gen_blobs,
+    "gradient": _gen_gradient,
+}
+
+
+def source_texture(cls: SourceClass, size: int, rng: np.random.Generator, coords=None) -> Gray:
+    """A grayscale texture of source class ``cls`` (scale jittered +-15%); ``coords`` lets targets warp it."""
+    x, y = coords if coords is not None else _grid(size)
+    scale = cls.scale * rng.uniform(0.87, 1.15)
+    return np.clip(GENERATORS[cls.kind](x, y, rng, scale, cls.angle), 0.0, 1.0)
+
+
+def _tint(gray: Gray, rng: np.random.Generator) -> np.ndarray:
+    """Two random colours whose luminance differs by a controlled contrast; uint8 (S, S, 3)."""
+    base = rng.uniform(40, 120)
+    contrast = rng.uniform(90, 130)
+    c0 = np.clip(base + rng.uniform(-30, 30, 3), 0, 255)
+    c1 = np.clip(base + contrast + rng.uniform(-30, 30, 3), 0, 255)
+    return np.clip(c0 + (c1 - c0) * gray[..., None], 0, 255).astype(np.uint8)
+
+
+def _mask(kind: str, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Soft object mask in [0, 1] covering most of the frame: the object the target image is 'of'."""
+    size = x.shape[0]
+    cx, cy = size / 2 + rng.uniform(-0.08, 0.08, 2) * size
+    ax, ay = rng.uniform(0.50, 0.62, 2) * size
+    theta = rng.uniform(0, math.pi)
+    u = ((x - cx) * math.cos(theta) + (y - cy) * math.sin(theta)) / ax
+    v = (-(x - cx) * math.sin(theta) + (y - cy) * math.cos(theta)) / ay
+    r = np.hypot(u, v)
+    if kind == "blob":  # a lumpy outline: radius modulated by a few low harmonics
+        phi = np.arctan2(v, u)
+        p3, p5 = rng.uniform(0, 2 * math.pi, 2)
+        r = r / (1 + 0.15 * np.sin(3 * phi + p3) + 0.1 * np.sin(5 * phi + p5))
+    return np.clip((1.0 - r) * size / 3.0 + 0.5, 0.0, 1.0)
+
+
+def target_image(cls: TargetClass, size: int, rng: np.random.Generator) -> np.ndarray:
+    """An RGB target image: a matching source texture, warped, in an object mask over a faint background."""
+    x, y = _grid(size)
+    if cls.warp > 0:  # smooth, low-frequency displacement so targets are not copies of source images
+        wx = (_smooth_noise(size, rng, size / 3) - 0.5) * 2 * cls.warp
+        wy = (_smooth_noise(size, rng, size / 3) - 0.5) * 2 * cls.warp
+        x, y = x + wx, y + wy
+    source = _SOURCE_BY_NAME[cls.matching[rng.integers(len(cls.matching))]]
+    fg = _tint(source_texture(source, size, rng, coords=(x, y)), rng).astype(np.float64)
+    bg_gray = _smooth_noise(size, rng, size / 2)
+    bg = np.clip(fg.mean(axis=(0, 1)) * 0.8 + 40 * (bg_gray[..., None] - 0.5), 0, 255)
+    m = _mask(cls.mask, *_grid(size), rng)[..., None]
+    return np.clip(m * fg + (1 - m) * bg, 0, 255).astype(np.uint8)
+
+
+# --- writing the trees ---
+
+
+def _save_png(rgb: np.ndarray, path: Path) -> None:
+    # PIL's PNG with fixed options is byte-identical for identical pixels (the determinism test relies on it).
+    Image.fromarray(rgb).save(path, format="PNG", optimize=False, compress_level=6)
+
+
+def generate(
+    out: Path,
+    seed: int = 0,
+    size: int = 64,
+    source_per_class: int = 64,
+    target_train: int = 12,
+    target_val: int = 24,
+) -> DemoManifest:
+    """Write ``out/source/<class>/*.png``, ``out/target/{train,val}/<class>/*.png``, ``demo_manifest.json``.
+
+    Deterministic: one ``SeedSequence(seed)`` is split into one child per class (source classes first, then
+    target classes), so a class's images depend only on the seed and its position in the tables above.
+    """
+    if min(size, source_per_class, target_train, target_val) < 1:
+        raise ValueError("size and every count must be >= 1")
+    out = Path(out)
+    source_dir, target_dir = out / "source", out / "target"
+    children = np.random.SeedSequence(seed).spawn(len(SOURCE_CLASSES) + len(TARGET_CLASSES))
+    manifest = DemoManifest(seed=seed, size=size, source_dir="source", target_dir="target")
+
+    for cls, child in zip(SOURCE_CLASSES, children[: len(SOURCE_CLASSES)], strict=True):
+        rng = np.random.default_rng(child)
+        folder = source_dir / cls.name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(source_per_class):
+            _save_png(_tint(source_texture(cls, size, rng), rng), folder / f"{cls.name}_{i:04d}.png")
+        manifest.source_classes[cls.name] = {
+            "kind": cls.kind, "scale": cls.scale, "angle": cls.angle, "count": source_per_class,
+        }
+
+    for cls, child in zip(TARGET_CLASSES, children[len(SOURCE_CLASSES):], strict=True):
+        rng = np.random.default_rng(child)
+        for split, count in (("train", target_train), ("val", target_val)):
+            folder = target_dir / split / cls.name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                _save_png(target_image(cls, size, rng), folder / f"{cls.name}_{split}_{i:04d}.png")
+        manifest.target_classes[cls.name] = {
+            "matching": list(cls.matching), "warp": cls.warp, "mask": cls.mask,
+            "train": target_train, "val": target_val,
+        }
+        manifest.mapping[cls.name] = list(cls.matching)
+
+    manifest.save(out / MANIFEST_NAME)
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m demo.data --out DIR``: only the data (the container entrypoint indexes it)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m demo.data", description=main.__doc__)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--source-per-class", type=int, default=64)
+    parser.add_argument("--target-train", type=int, default=12)
+    parser.add_argument("--target-val", type=int, default=24)
+    args = parser.parse_args(argv)
+    manifest = generate(args.out, seed=args.seed, size=args.size, source_per_class=args.source_per_class,
+                        target_train=args.target_train, target_val=args.target_val)
+    print(f"demo data: {len(manifest.source_classes)} source classes, {len(manifest.mapping)} target classes "
+          f"-> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,115 @@
+"""FAISS over the Hellinger embedding: candidate generation for the two-stage search.
+
+z = concat_h sqrt(w_h * phi_h) (``services.divergence.hellinger_embedding``); squared L2 on z is the weighted
+squared Hellinger distance, which orders neighbours almost as JS and SKL do, and FAISS computes it with BLAS
+(CPU) or on a GPU. Kinds: ``flat`` = ``IndexFlatL2`` (exact L2, 4 bytes per dimension); ``ivf`` = an inverted
+file over ``nlist`` k-means cells, codec ``sq8`` (IVF + 8-bit scalar quantiser, 1 byte per dimension) or
+``flat`` (float32). The embedding lives in the FAISS file (written by ``save``): rebuilding it on load would
+mean re-assigning every vector to its cell, minutes at N = 1M, against a plain read.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+
+import faiss
+import numpy as np
+
+from services.divergence import hellinger_embedding
+
+log = logging.getLogger(__name__)
+
+GPU_MAX_K = 2048  # FAISS GPU k-selection limit; larger requests go to the CPU copy
+TRAIN_POINTS_PER_CELL = 40  # FAISS warns below 39; more costs k-means time linearly for little gain
+CODECS = ("sq8", "flat")
+
+
+def default_nlist(n: int) -> int:
+    """~4 sqrt(N) cells, but never fewer than 39 training points per cell."""
+    return max(1, min(round(4 * math.sqrt(n)), n // TRAIN_POINTS_PER_CELL))
+
+
+def default_nprobe(nlist: int) -> int:
+    """Cells visited per query: 1/16 of them (at least 8); see bench/results/search.md for recall@100."""
+    return min(nlist, max(8, math.ceil(nlist / 16)))
+
+
+def build_index(store, weights: np.ndarray, kind: str, nlist: int, codec: str, progress: bool,
+                chunk: int = 65536, seed: int = 0) -> faiss.Index:
+    """A CPU FAISS index over the embedding of ``store`` (N, D, B), filled chunk by chunk."""
+    n, d, b = store.shape
+    dim = d * b
+    if kind == "flat":
+        index = faiss.IndexFlatL2(dim)
+    else:
+        quantizer = faiss.IndexFlatL2(dim)
+        if codec == "sq8":
+            index = faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, faiss.ScalarQuantizer.QT_8bit)
+        else:
+            index = faiss.IndexIVFFlat(quantizer, dim, nlist)
+        index.own_fields = True
+        quantizer.this.disown()  # the IVF index frees its quantizer
+        n_train = min(n, TRAIN_POINTS_PER_CELL * nlist * 2)
+        sample = np.sort(np.random.default_rng(seed).choice(n, n_train, replace=False))
+        index.cp.max_points_per_centroid = math.ceil(n_train / nlist)  # no second subsampling inside FAISS
+        index.train(hellinger_embedding(store[sample], weights))
+    chunks = range(0, n, chunk)
+    if progress:
+        from tqdm import tqdm
+
+        chunks = tqdm(chunks, desc="embedding", unit="chunk")
+    for start in chunks:
+        index.add(hellinger_embedding(store[start : start + chunk], weights))
+    return index
+
+
+class CandidateIndex:
+    """Searches a FAISS index on CPU, or on a GPU copy when one is available.
+
+    CPU searches may run concurrently (FAISS releases the GIL and parallelises with OpenMP). A GPU index is
+    not thread-safe, even for reads: its searches are serialised by a lock.
+    """
+
+    def __init__(self, index: faiss.Index, device: str | None = None):
+        self.cpu = index
+        self.nlist = int(index.nlist) if isinstance(index, faiss.IndexIVF) else 0
+        self.gpu = None
+        self._gpu_lock = threading.Lock()
+        gpu_id = _gpu_id(device)
+        if gpu_id is not None:
+            self._resources = faiss.StandardGpuResources()
+            self.gpu = faiss.index_cpu_to_gpu(self._resources, gpu_id, index)
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.gpu is not None
+
+    def search(self, z: np.ndarray, k: int, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
+        """Squared L2 distances and ids (nq, k) of the k nearest embeddings; -1 ids where fewer were found."""
+        z = np.ascontiguousarray(z, dtype=np.float32)
+        if self.gpu is not None and k <= GPU_MAX_K:
+            with self._gpu_lock:
+                if self.nlist:
+                    faiss.GpuParameterSpace().set_index_parameter(self.gpu, "nprobe", nprobe)
+                return self.gpu.search(z, k)
+        if self.nlist:
+            return self.cpu.search(z, k, params=faiss.SearchParametersIVF(nprobe=min(nprobe, self.nlist)))
+        return self.cpu.search(z, k)
+
+
+def _gpu_id(device: str | None) -> int | None:
+    """None: the first GPU when FAISS sees one; "cpu": none; "cuda[:n]": GPU n, or CPU with a warning when
+    this FAISS build has no GPU (torch may still extract descriptors on CUDA)."""
+    if device is not None and not str(device).startswith("cuda"):
+        return None
+    n_gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+    if n_gpus == 0:
+        if device is not None:
+            log.warning("device %r requested but this FAISS build sees no GPU: searching on CPU", device)
+        return None
+    gpu_id = int(str(device).split(":", 1)[1]) if device and ":" in str(device) else 0
+    if gpu_id >= n_gpus:
+        raise ValueError(f"device {device!r}: FAISS sees only {n_gpus} GPU(s)")
+    return gpu_id

@@ -1,0 +1,48 @@
+"""The app factory: settings, state, middleware, error handlers and routes; the lifespan loads the index."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI
+
+from retrieval_service.deps import document_bearer
+from retrieval_service.errors import install_error_handlers
+from retrieval_service.middleware import BodyLimit, Guard, RequestContext
+from retrieval_service.routes import health, jobs, neighbors, sources
+from retrieval_service.routes import index as index_routes
+from retrieval_service.settings import Settings
+from retrieval_service.state import ServiceState
+
+
+def create_app(settings: Settings | None = None, index=None) -> FastAPI:
+    """The app; ``index`` adopts an already loaded LoadedIndex instead of reading ``index_dir``."""
+    settings = settings or Settings()
+    state = ServiceState(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state.start_loading(index)
+        yield
+        state.close()
+
+    app = FastAPI(
+        title="SJFT retrieval service",
+        version="1.0",
+        summary="Nearest source images by low-level filter-bank histograms (Selective Joint Fine-Tuning).",
+        lifespan=lifespan,
+    )
+    app.state.sjft = state
+    install_error_handlers(app)
+    app.include_router(health.router)
+    v1 = [Depends(document_bearer)]
+    for module in (index_routes, neighbors, sources, jobs):
+        app.include_router(module.router, dependencies=v1)
+    # Added last = runs first: request id and metrics wrap everything, the body cap precedes auth and parsing.
+    app.add_middleware(Guard, state=state)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestContext, state=state)
+    logging.getLogger("retrieval_service").setLevel(settings.log_level.upper())
+    return app

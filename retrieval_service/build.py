@@ -1,0 +1,287 @@
+"""Resumable index build: enumerate -> fit bin edges -> extract histogram shards -> assemble -> atomic rename.
+
+All work happens in ``<out>.partial/`` next to ``<out>`` (protocol in ``staging.py``). ``spec.json`` (with
+the fitted edges) is saved before extraction, so a resumed build reuses the same edges, and every finished
+shard is kept. Killed at any point (even ``kill -9``) and started again, the build produces the same index
+(histograms, ids, manifest, spec_hash) as an uninterrupted run with the same settings.
+
+Source ids: candidates are enumerated in sorted order (``corpus.py``); unreadable files are skipped and
+reported in ``build_report.json``, and the readable ones are numbered ``0..N-1`` in that order. The same
+corpus (same files, same bytes) therefore always gets the same ids, and an id is also the row of its
+descriptor in the search engine.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from retrieval_service.corpus import Corpus, enumerate_corpus
+from retrieval_service.index import INDEX_FORMAT, file_sha256, fsync_path
+from retrieval_service.manifest import write_manifest
+from retrieval_service.staging import (
+    REPORT_FILE,
+    BuildError,
+    check_out,
+    commit,
+    corpus_fingerprint,
+    is_complete,
+    prepare_partial,
+    write_json,
+)
+from retrieval_service.version import __version__
+from services.errors import SJFTError
+from services.spec import DescriptorSpec
+
+log = logging.getLogger("retrieval_service.build")
+
+
+@dataclass
+class BuildReport:
+    out: str
+    size: int  # images in the index
+    candidates: int  # image files found
+    skipped: list[dict]  # {"path", "member", "reason"}
+    spec_hash: str
+    shards: int
+    resumed_shards: int
+    timings_s: dict[str, float] = field(default_factory=dict)
+    images_per_s: float = 0.0  # extraction throughput of this run
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def build_index(
+    source: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    bank: str = "gabor",
+    conv_weights: str | os.PathLike | None = None,
+    conv_arch: str = "alexnet",
+    conv_layers: int = 1,
+    bins: int = 16,
+    size: int = 224,
+    device: str | None = None,
+    workers: int = 2,
+    batch_size: int = 64,
+    shard_size: int = 4096,
+    edge_sample: int = 2000,
+    seed: int = 0,
+    kind: str = "auto",
+    force: bool = False,
+    progress: bool = True,
+) -> BuildReport:
+    """Build (or resume building) the index of ``source`` into ``out``; raises :class:`BuildError`."""
+
+    started = time.perf_counter()
+    for name, value, low in (
+        ("workers", workers, 0),
+        ("batch_size", batch_size, 1),
+        ("shard_size", shard_size, 1),
+        ("edge_sample", edge_sample, 1),
+        ("bins", bins, 2),
+        ("size", size, 8),
+    ):
+        if value < low:
+            raise BuildError(f"{name} must be >= {low}, got {value}")
+    if bank not in ("gabor", "conv"):
+        raise BuildError(f"unknown bank {bank!r} (gabor or conv)")
+    out = Path(out).absolute()
+    partial = out.with_name(out.name + ".partial")
+    check_out(out, force)
+
+    timings: dict[str, float] = {}
+    try:
+        corpus = enumerate_corpus(source)
+    except SJFTError as exc:
+        raise BuildError(str(exc)) from exc
+    if not corpus.records:
+        rejected = f"; {len(corpus.skipped)} rejected, e.g. {corpus.skipped[0]}" if corpus.skipped else ""
+        raise BuildError(
+            f"no images found in {source} (expected an ImageFolder tree <class>/<image> or .tar shards)"
+            + rejected
+        )
+    # torch is imported only now, so a wrong --source or --out fails in a fraction of a second.
+    from retrieval_service.extraction import extract_shards, fit_spec_edges
+    from services.extract import make_spec, resolve_device
+
+    try:
+        spec0 = make_spec(
+            bank, size=size, bins=bins, conv_weights=conv_weights, arch=conv_arch, layers=conv_layers
+        )
+        torch_device = resolve_device(device)
+    except (SJFTError, ValueError) as exc:
+        raise BuildError(str(exc)) from exc
+    timings["enumerate"] = time.perf_counter() - started
+    log.info(
+        "source %s (%s): %d candidate images, %d classes",
+        corpus.root,
+        corpus.kind,
+        len(corpus.records),
+        len(corpus.classes),
+    )
+
+    settings = {
+        "bank": bank,
+        "conv_arch": conv_arch,
+        "conv_layers": conv_layers,
+        "bins": bins,
+        "size": size,
+        "edge_sample": edge_sample,
+        "seed": seed,
+        "shard_size": shard_size,
+    }
+    fingerprint = corpus_fingerprint(corpus, spec0, settings)
+    prepare_partial(partial, fingerprint, settings)
+    if is_complete(partial):
+        log.info("%s already holds a finished index: renaming it into place", partial)
+        commit(partial, out, force)
+        return BuildReport(**json.loads((out / REPORT_FILE).read_text())["report"])
+
+    t = time.perf_counter()
+    spec_path = partial / "spec.json"
+    if spec_path.is_file():
+        spec = DescriptorSpec.load(spec_path)
+        log.info("resuming with the fitted edges in %s (spec %s)", spec_path, spec.spec_hash[:12])
+    else:
+        try:
+            spec = fit_spec_edges(
+                corpus, spec0, torch_device, conv_weights, edge_sample, seed, batch_size, workers
+            )
+        except ValueError as exc:
+            raise BuildError(f"could not fit bin edges: {exc}") from exc
+        spec.save(spec_path)
+        fsync_path(spec_path)
+    timings["fit_edges"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    n_shards = -(-len(corpus.records) // shard_size)  # ceil
+    extracted, resumed = extract_shards(
+        corpus,
+        spec,
+        partial / "shards",
+        torch_device,
+        conv_weights,
+        shard_size,
+        batch_size,
+        workers,
+        progress,
+    )
+    timings["extract"] = time.perf_counter() - t
+    images_per_s = extracted / timings["extract"] if extracted else 0.0
+
+    t = time.perf_counter()
+    size, skipped, engine_sums = _assemble(corpus, spec, partial, shard_size, kind, torch_device, progress)
+    timings["assemble"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - started
+    report = BuildReport(
+        out=str(out),
+        size=size,
+        candidates=len(corpus.records) + len(corpus.skipped),
+        skipped=skipped,
+        spec_hash=spec.spec_hash,
+        shards=n_shards,
+        resumed_shards=resumed,
+        timings_s={k: round(v, 3) for k, v in timings.items()},
+        images_per_s=round(images_per_s, 2),
+    )
+    write_json(
+        partial / REPORT_FILE,
+        {"report": report.to_dict(), "source_root": str(corpus.root), "fingerprint": fingerprint},
+    )
+    _write_index_json(partial, corpus, spec, size, engine_sums, conv_weights)
+    commit(partial, out, force)
+    log.info(
+        "index of %d images written to %s (%d skipped) in %.1f s",
+        size,
+        out,
+        len(skipped),
+        time.perf_counter() - started,
+    )
+    return report
+
+
+def _assemble(
+    corpus: Corpus, spec: DescriptorSpec, partial: Path, shard_size: int, kind: str, device, progress: bool
+) -> tuple[int, list[dict], dict[str, str]]:
+    """Shards -> engine files and manifest in ``partial``; returns (size, skipped, engine checksums)."""
+    from retrieval_service.engine import SearchEngine
+    from retrieval_service.extraction import load_shards
+
+    try:
+        shards = load_shards(partial / "shards", len(corpus.records), shard_size, spec.dim, spec.bins)
+    except RuntimeError as exc:
+        raise BuildError(str(exc)) from exc
+    kept = np.flatnonzero(shards.ok)
+    skipped = list(corpus.skipped) + [
+        {"path": corpus.records[p].path, "member": corpus.records[p].member, "reason": str(shards.reasons[i])}
+        for i, p in enumerate(shards.positions)
+        if not shards.ok[i]
+    ]
+    if not len(kept):
+        raise BuildError(
+            f"none of the {len(shards.ok)} images could be read, e.g. {skipped[0]['path']}: "
+            f"{skipped[0]['reason']}"
+        )
+    records = [
+        replace(
+            corpus.records[shards.positions[i]],
+            source_id=new_id,
+            sha256=str(shards.sha256[i]),
+            width=int(shards.width[i]),
+            height=int(shards.height[i]),
+        )
+        for new_id, i in enumerate(kept)
+    ]
+    log.info("assembling the search engine over %d descriptors", len(kept))
+    engine = SearchEngine.build(
+        shards.hists[kept],  # float16 (N, D, B): the engine stores float16, so nothing is rounded twice
+        spec.weights_array(),
+        kind=kind,
+        device=str(device),
+        progress=progress,
+    )  # (N, D, B)
+    engine_sums = engine.save(partial)
+    write_manifest(partial / "manifest.sqlite", records, corpus.classes)
+    return len(records), skipped, dict(engine_sums)
+
+
+def _write_index_json(
+    partial: Path,
+    corpus: Corpus,
+    spec: DescriptorSpec,
+    size: int,
+    engine_sums: dict[str, str],
+    conv_weights: str | os.PathLike | None,
+) -> None:
+    """Checksums of every other file, fsynced first: writing index.json commits the partial directory."""
+    names = ["spec.json", "manifest.sqlite", REPORT_FILE]
+    checksums = {name: file_sha256(partial / name) for name in names} | engine_sums
+    for name in checksums:
+        fsync_path(partial / name)
+    info = {
+        "format": INDEX_FORMAT,
+        "size": size,
+        "dim": spec.dim,
+        "bins": spec.bins,
+        "bank": spec.bank,
+        "spec_hash": spec.spec_hash,
+        "classes": corpus.classes,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "code_version": __version__,
+        "source_root": str(corpus.root),
+        "source_kind": corpus.kind,
+        "checksums": dict(sorted(checksums.items())),
+        # The service needs the conv weights to describe image queries; spec.json pins their sha256.
+        "conv_weights": str(Path(conv_weights).absolute()) if conv_weights else None,
+    }
+    write_json(partial / "index.json", info)
+    fsync_path(partial)

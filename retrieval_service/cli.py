@@ -1,0 +1,132 @@
+"""``python -m retrieval_service build|serve``: thin argument parsing over ``build.build_index`` and
+``server.serve``.
+
+Every error the project raises on purpose (``SJFTError``) ends the command with ONE line ``error: ...`` on
+stderr and exit status 2, like argparse's own usage errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from services.errors import SJFTError
+
+EXIT_ERROR = 2
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m retrieval_service", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{build,serve}")
+
+    build = commands.add_parser("build", help="build (or resume) an index from a source corpus")
+    build.add_argument(
+        "--source", required=True, help="ImageFolder tree, a directory or glob of .tar shards, or one .tar"
+    )
+    build.add_argument(
+        "--out", required=True, help="index directory to create (work happens in <out>.partial)"
+    )
+    build.add_argument("--bank", choices=("gabor", "conv"), default="gabor")
+    build.add_argument("--conv-weights", help="local torchvision state dict for --bank conv")
+    build.add_argument("--conv-arch", default="alexnet", help="torchvision architecture of --conv-weights")
+    build.add_argument("--conv-layers", type=int, choices=(1, 2), default=1, help="conv layers histogrammed")
+    build.add_argument("--bins", type=_positive, default=16, help="histogram bins per filter")
+    build.add_argument(
+        "--size", type=_positive, default=224, help="images are resized and centre-cropped to PX"
+    )
+    build.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    build.add_argument("--workers", type=_non_negative, default=2, help="decoding processes (0: in-process)")
+    build.add_argument("--batch-size", type=_positive, default=64)
+    build.add_argument("--shard-size", type=_positive, default=4096, help="images per resumable shard")
+    build.add_argument(
+        "--edge-sample", type=_positive, default=2000, help="images sampled to fit the bin edges"
+    )
+    build.add_argument("--seed", type=int, default=0, help="seed of the edge-fitting sample")
+    build.add_argument(
+        "--kind", choices=("auto", "flat", "ivf"), default="auto", help="FAISS candidate index"
+    )
+    build.add_argument("--force", action="store_true", help="replace an existing index at --out")
+    build.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+
+    serve = commands.add_parser("serve", help="serve an index over HTTP")
+    serve.add_argument("--index", help="index directory (default: SJFT_INDEX_DIR)")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--redis-url")
+    serve.add_argument("--device", help="cpu or cuda")
+    return parser
+
+
+def _build(args: argparse.Namespace) -> int:
+    from retrieval_service.build import build_index
+
+    report = build_index(
+        args.source,
+        args.out,
+        bank=args.bank,
+        conv_weights=args.conv_weights,
+        conv_arch=args.conv_arch,
+        conv_layers=args.conv_layers,
+        bins=args.bins,
+        size=args.size,
+        device=args.device,
+        workers=args.workers,
+        batch_size=args.batch_size,
+        shard_size=args.shard_size,
+        edge_sample=args.edge_sample,
+        seed=args.seed,
+        kind=args.kind,
+        force=args.force,
+        progress=not args.no_progress,
+    )
+    print(
+        f"{report.out}: {report.size} images indexed, {len(report.skipped)} skipped, "
+        f"spec {report.spec_hash[:12]}"
+    )
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from retrieval_service.server import serve
+
+    overrides = {
+        "index_dir": args.index,
+        "host": args.host,
+        "port": args.port,
+        "redis_url": args.redis_url,
+        "device": args.device,
+    }
+    serve(**{key: value for key, value in overrides.items() if value is not None})
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)  # usage errors: argparse exits 2
+    if args.command == "build":
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+        )
+    try:
+        return _build(args) if args.command == "build" else _serve(args)
+    except SJFTError as exc:
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("error: interrupted (a build resumes from its finished shards when run again)", file=sys.stderr)
+        return 130

@@ -1,0 +1,261 @@
+"""The search engine: FAISS candidates on the Hellinger embedding, then an exact re-rank by the divergence.
+
+Two stages (DESIGN.md "Search engine"): FAISS returns the nearest embeddings (squared weighted Hellinger,
+``ann.py``), the engine computes the requested divergence on the stored float16 histograms of those
+candidates (``services.divergence.paired``) and ranks by (distance, source_id). Windows come from one fixed
+ranked list per query (``ranking.py``), so [0, 10) + [10, 20) == [0, 20) exactly. ``exact=True`` scans every
+stored histogram.
+Distances are always computed on the stored (float16-decoded) histograms, by both paths.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from retrieval_service import ann, ranking, storage
+from services.divergence import METRICS, hellinger_embedding, paired, pairwise, validate_histograms
+from services.errors import DescriptorError, IndexIntegrityError
+
+KINDS = ("auto", "flat", "ivf")
+DEFAULT_RERANK_FACTOR = 4
+SCAN_BLOCK = 32768  # stored rows per exact-scan block: (nq, 32768) float32 distances at a time
+RERANK_PAIRS = 16384  # (query, candidate) pairs gathered and re-ranked per block
+
+
+class SearchEngine:
+    """k-nearest stored histograms of query histograms by weighted JS or SKL. Source ids are row numbers."""
+
+    def __init__(self, store: np.ndarray, weights: np.ndarray, index: faiss.Index, *, kind: str,
+                 nprobe: int, rerank_factor: int, codec: str, device: str | None = None):
+        self._store = store  # (N, D, B) float16, usually a read-only memory map
+        self._weights = np.asarray(weights, dtype=np.float32)
+        self._index = ann.CandidateIndex(index, device)
+        self._kind = kind
+        self.nprobe = int(nprobe)
+        self.rerank_factor = int(rerank_factor)
+        self.codec = codec
+
+    # ---------------------------------------------------------------- construction
+    @classmethod
+    def build(cls, histograms, weights, *, kind: str = "auto", ivf_threshold: int = 50_000,
+              nlist: int | None = None, nprobe: int | None = None,
+              rerank_factor: int = DEFAULT_RERANK_FACTOR, codec: str = "sq8", device: str | None = None,
+              progress: bool = False) -> SearchEngine:
+        """Index (N, D, B) histograms (any float array or memory map) with per-filter ``weights`` (D,).
+
+        ``kind="auto"``: flat below ``ivf_threshold`` sources, IVF (``codec`` sq8 or flat) from there on.
+        """
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        if codec not in ann.CODECS:
+            raise ValueError(f"codec must be one of {ann.CODECS}, got {codec!r}")
+        if rerank_factor < 1:
+            raise ValueError("rerank_factor must be >= 1")
+        if getattr(histograms, "ndim", None) != 3:
+            shape = getattr(histograms, "shape", "?")
+            raise DescriptorError(f"histograms must be (N, D, B), got shape {shape}")
+        n, d, b = histograms.shape
+        if n >= 2**32:
+            raise ValueError("at most 2**32 - 1 sources per engine")
+        weights = np.asarray(weights, dtype=np.float32)
+        store = np.empty((n, d, b), dtype=storage.STORE_DTYPE)
+        for start in range(0, n, 65536):  # validate and narrow chunk by chunk: bounded float64 temporaries
+            block = histograms[start : start + 65536]
+            try:
+                store[start : start + len(block)] = validate_histograms(block, d, b)
+            except DescriptorError as exc:
+                raise DescriptorError(f"rows from {start}: {exc}") from exc
+        if kind == "auto":
+            kind = "ivf" if n >= ivf_threshold else "flat"
+        if kind == "ivf" and n == 0:
+            kind = "flat"
+        nlist = (nlist or ann.default_nlist(n)) if kind == "ivf" else 0
+        nprobe = (nprobe or ann.default_nprobe(nlist)) if kind == "ivf" else 0
+        index = ann.build_index(store, weights, kind, nlist, codec, progress)
+        return cls(store, weights, index, kind=kind, nprobe=nprobe, rerank_factor=rerank_factor,
+                   codec=codec, device=device)
+
+    # ---------------------------------------------------------------- properties
+    @property
+    def size(self) -> int:
+        return int(self._store.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self._store.shape[1])
+
+    @property
+    def bins(self) -> int:
+        return int(self._store.shape[2])
+
+    @property
+    def kind(self) -> str:
+        return self._kind
+
+    @property
+    def weights(self) -> np.ndarray:
+        return self._weights.copy()
+
+    @property
+    def nlist(self) -> int:
+        return self._index.nlist
+
+    def histograms(self, ids) -> np.ndarray:
+        """Stored histograms of ``ids`` (decoded): float32 (n, D, B); an unknown id raises IndexError."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        bad = (ids < 0) | (ids >= self.size)
+        if bad.any():
+            raise IndexError(f"source_id {int(ids[bad][0])} is not in this index (0..{self.size - 1})")
+        return np.asarray(self._store[ids], dtype=np.float32)
+
+    # ---------------------------------------------------------------- search
+    def search(self, queries, k: int, offset: int = 0, metric: str = "js", exact: bool = False,
+               exclude: Iterable[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Window [offset, offset + k) of each query's ranking: distances float32 (nq, k), ids int64 (nq, k).
+
+        Sorted by (distance, source_id); padded with (inf, -1) past the eligible sources. ``exclude``: source
+        ids never returned (unknown ids are ignored).
+        """
+        if metric not in METRICS:
+            raise ValueError(f"unknown metric {metric!r}; expected one of {METRICS}")
+        if k < 1 or offset < 0:
+            raise ValueError(f"need k >= 1 and offset >= 0, got k={k}, offset={offset}")
+        q = validate_histograms(queries, self.dim, self.bins)  # (nq, D, B)
+        if exclude is None:
+            exclude = ()
+        elif not isinstance(exclude, np.ndarray | list | tuple):
+            exclude = list(exclude)  # any iterable, e.g. a set or generator
+        excl = np.unique(np.asarray(exclude, dtype=np.int64).reshape(-1))
+        excl = excl[(excl >= 0) & (excl < self.size)]
+        window = offset + k
+        if exact:
+            keys = self._exact_keys(q, window, metric, excl)
+        else:
+            keys = self._two_stage_keys(q, window, metric, excl)
+        dist, ids = ranking.decode_keys(keys[:, offset:window])
+        return dist, ids
+
+    def _exact_keys(self, q: np.ndarray, window: int, metric: str, excl: np.ndarray) -> np.ndarray:
+        """Full scan: the ``window`` smallest (distance, id) keys per query. (nq, window) uint64"""
+        best = np.full((len(q), window), ranking.NO_KEY)
+        for start in range(0, self.size, SCAN_BLOCK):
+            block = self._store[start : start + SCAN_BLOCK]
+            ids = np.arange(start, start + len(block), dtype=np.int64)
+            keys = ranking.encode_keys(pairwise(metric, q, block, self._weights), ids[None, :])  # (nq, c)
+            hit = excl[(excl >= start) & (excl < start + len(block))] - start
+            keys[:, hit] = ranking.NO_KEY
+            best = ranking.smallest_keys(np.concatenate([best, keys], axis=1), window)
+        return ranking.smallest_keys(best, window)
+
+    def _two_stage_keys(self, q: np.ndarray, window: int, metric: str, excl: np.ndarray) -> np.ndarray:
+        eligible = self.size - len(excl)
+        ends = ranking.bucket_ends(window)
+        pools = [min(eligible, self.rerank_factor * e) for e in ends]  # candidate pool size per bucket
+        r_max = pools[-1]
+        out = np.full((len(q), window), ranking.NO_KEY)
+        if r_max == 0:
+            return out
+        z = hellinger_embedding(q, self._weights)  # (nq, D*B)
+        cand = self._candidates(z, r_max, excl, self.nprobe)  # (nq, r_max), -1 where none
+        n_valid = (cand >= 0).sum(axis=1)
+        dist = self._rerank(q, cand, metric)  # (nq, r_max)
+        for i in range(len(q)):
+            keys = ranking.encode_keys(dist[i, : n_valid[i]], cand[i, : n_valid[i]])
+            fallback = None
+            if n_valid[i] < r_max:  # IVF cells ran out: short pools come from an exhaustive probe instead
+                ex = self._candidates(z[i : i + 1], r_max, excl, self.nlist or 1)[0]
+                fallback = ranking.encode_keys(self._rerank(q[i : i + 1], ex[None], metric)[0], ex)
+            bucket_pools = [keys[:r] if n_valid[i] >= r else fallback[:r] for r in pools]
+            listed = ranking.ranked_list(bucket_pools, ends)[:window]
+            out[i, : len(listed)] = listed
+        return out
+
+    def _candidates(self, z: np.ndarray, r: int, excl: np.ndarray, nprobe: int) -> np.ndarray:
+        """The first r non-excluded FAISS candidates of each query, in FAISS order; -1 padded. (nq, r)"""
+        k = min(self.size, r + len(excl))
+        _, ids = self._index.search(z, k, nprobe)
+        drop = ids < 0
+        if len(excl):
+            drop |= np.isin(ids, excl)
+        order = np.argsort(drop, axis=1, kind="stable")  # kept ids first, FAISS order preserved
+        ids = np.take_along_axis(np.where(drop, -1, ids), order, axis=1)[:, :r]
+        if ids.shape[1] < r:
+            ids = np.concatenate([ids, np.full((len(ids), r - ids.shape[1]), -1)], axis=1)
+        return ids
+
+    def _rerank(self, q: np.ndarray, cand: np.ndarray, metric: str) -> np.ndarray:
+        """Divergence of each query to its candidates (-1 entries get inf). (nq, R) float32"""
+        nq, r = cand.shape
+        out = np.full((nq, r), np.inf, dtype=np.float32)
+        step = max(1, RERANK_PAIRS // r)
+        for s in range(0, nq, step):
+            c = cand[s : s + step]
+            hist = self._store[np.maximum(c, 0).reshape(-1)].reshape(*c.shape, self.dim, self.bins)
+            d = paired(metric, q[s : s + step], hist, self._weights)
+            out[s : s + step] = np.where(c >= 0, d, np.inf)
+        return out
+
+    # ---------------------------------------------------------------- persistence
+    def save(self, directory: str | os.PathLike) -> dict[str, str]:
+        """Write ``histograms.f16``, ``embedding.faiss`` and ``engine.json`` into an existing directory.
+
+        Returns {filename: sha256}. Each file is written under a temporary name and renamed.
+        """
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise FileNotFoundError(f"not a directory: {directory}")
+        store_path = directory / storage.HISTOGRAMS_FILE
+        sums = {storage.HISTOGRAMS_FILE: storage.write_histograms(store_path, self._store)}
+        tmp = directory / (storage.EMBEDDING_FILE + ".tmp")
+        faiss.write_index(self._index.cpu, str(tmp))
+        os.replace(tmp, directory / storage.EMBEDDING_FILE)
+        sums[storage.EMBEDDING_FILE] = storage.file_sha256(directory / storage.EMBEDDING_FILE)
+        fields = {
+            "format": storage.ENGINE_FORMAT,
+            "size": self.size, "dim": self.dim, "bins": self.bins,
+            "kind": self.kind, "codec": self.codec, "nlist": self.nlist, "nprobe": self.nprobe,
+            "rerank_factor": self.rerank_factor, "bucket_base": ranking.BUCKET_BASE,
+            "weights": [float(x) for x in self._weights],
+            "histogram_dtype": storage.STORE_DTYPE.str,
+            "checksums": dict(sums),
+        }
+        sums[storage.ENGINE_FILE] = storage.write_engine_json(directory / storage.ENGINE_FILE, fields)
+        return sums
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, *, mmap: bool = True, verify: bool = True,
+             device: str | None = None) -> SearchEngine:
+        """Open an engine written by ``save``. ``verify`` re-hashes both data files against ``engine.json``
+        (seconds per GB); sizes are always checked. Any damage raises ``IndexIntegrityError``."""
+        directory = Path(directory)
+        meta = storage.read_engine_json(directory / storage.ENGINE_FILE)
+        try:
+            shape = (int(meta["size"]), int(meta["dim"]), int(meta["bins"]))
+            checksums = dict(meta["checksums"])
+            weights = np.asarray(meta["weights"], dtype=np.float32)
+            kind, codec = str(meta["kind"]), str(meta["codec"])
+            nprobe, rerank_factor = int(meta["nprobe"]), int(meta["rerank_factor"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise IndexIntegrityError(f"{directory / storage.ENGINE_FILE}: invalid field {exc}") from exc
+        if verify:
+            storage.verify_files(directory, checksums)
+        store = storage.open_histograms(directory / storage.HISTOGRAMS_FILE, shape, mmap=mmap)
+        path = directory / storage.EMBEDDING_FILE
+        if not path.is_file():
+            raise IndexIntegrityError(f"index file missing: {path}")
+        try:
+            index = faiss.read_index(str(path))
+        except RuntimeError as exc:  # FAISS reports unreadable files as RuntimeError
+            raise IndexIntegrityError(f"{path} is not a readable FAISS index: {exc}") from exc
+        if index.ntotal != shape[0] or index.d != shape[1] * shape[2]:
+            raise IndexIntegrityError(
+                f"{path} holds {index.ntotal} vectors of dimension {index.d}, expected {shape[0]} of "
+                f"{shape[1] * shape[2]}"
+            )
+        return cls(store, weights, index, kind=kind, nprobe=nprobe, rerank_factor=rerank_factor,
+                   codec=codec, device=device)

@@ -1,0 +1,145 @@
+"""The two passes of a build over the images: fitting the bin edges on a seeded sample, and extracting shards.
+
+Workers of a torch DataLoader read and decode (``load_image``), the main process runs the extractor. Batches
+never cross a shard boundary and always hold the same positions for a given corpus and settings, so a resumed
+build feeds the extractor exactly the batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from retrieval_service.corpus import Corpus
+from retrieval_service.shards import DecodedBatch, Shard, make_loader, read_shard, shard_path, write_shard
+from services.extract import DescriptorExtractor, fit_edges
+from services.spec import DescriptorSpec
+
+log = logging.getLogger("retrieval_service.build")
+
+
+def _chunks(start: int, stop: int, size: int) -> list[list[int]]:
+    return [list(range(s, min(s + size, stop))) for s in range(start, stop, size)]
+
+
+def fit_spec_edges(
+    corpus: Corpus,
+    spec0: DescriptorSpec,
+    device: torch.device,
+    conv_weights,
+    edge_sample: int,
+    seed: int,
+    batch_size: int,
+    workers: int,
+) -> DescriptorSpec:
+    """``spec0`` with equal-mass edges fitted on ``edge_sample`` candidates drawn with ``seed``.
+
+    Unreadable sampled files are skipped here (extraction reports them).
+    """
+    rng = np.random.default_rng(seed)
+    n = len(corpus.records)
+    sample = np.sort(rng.choice(n, size=min(edge_sample, n), replace=False)).tolist()
+    batches = [sample[i : i + batch_size] for i in range(0, len(sample), batch_size)]
+    loader = make_loader(corpus.root, corpus.records, spec0.size, batches, workers)
+    extractor = DescriptorExtractor(spec0, device=device, conv_weights=conv_weights)
+
+    def images() -> Iterator[np.ndarray]:
+        for batch in loader:
+            if batch.ok.any():
+                yield batch.images.numpy()  # (n_ok, S, S, 3) uint8
+
+    t = time.perf_counter()
+    edges = fit_edges(extractor, images(), spec0.bins, seed=seed)  # (D, B-1)
+    spec = spec0.with_edges(edges)
+    log.info(
+        "fitted %d x %d bin edges on %d sampled images in %.1f s (spec %s)",
+        *edges.shape,
+        len(sample),
+        time.perf_counter() - t,
+        spec.spec_hash[:12],
+    )
+    return spec
+
+
+def extract_shards(
+    corpus: Corpus,
+    spec: DescriptorSpec,
+    shard_dir: Path,
+    device: torch.device,
+    conv_weights,
+    shard_size: int,
+    batch_size: int,
+    workers: int,
+    progress: bool,
+) -> tuple[int, int]:
+    """Write every missing shard; returns (images processed in this run, shards found finished)."""
+    n = len(corpus.records)
+    n_shards = -(-n // shard_size)
+    pending = []
+    for i in range(n_shards):
+        start, stop = i * shard_size, min((i + 1) * shard_size, n)
+        if read_shard(shard_path(shard_dir, i), start, stop, spec.dim, spec.bins) is None:
+            pending.append((i, start, stop))
+    resumed = n_shards - len(pending)
+    if resumed:
+        log.info("resuming: %d of %d shards already finished", resumed, n_shards)
+    if not pending:
+        return 0, resumed
+    batches = [chunk for _, start, stop in pending for chunk in _chunks(start, stop, batch_size)]
+    total = sum(stop - start for _, start, stop in pending)
+    extractor = DescriptorExtractor(spec, device=device, conv_weights=conv_weights)
+    loader = make_loader(corpus.root, corpus.records, spec.size, batches, workers)
+
+    bar = tqdm(
+        total=total, unit="img", desc="extract", disable=not progress, dynamic_ncols=True, smoothing=0.05
+    )
+    t0, done, skipped = time.perf_counter(), 0, 0
+    queue = iter(pending)
+    index, start, stop = next(queue)
+    parts: list[DecodedBatch] = []
+    hists: list[np.ndarray] = []
+    for batch in loader:
+        parts.append(batch)
+        hists.append(
+            extractor.histograms(batch.images.numpy())
+            if batch.ok.any()
+            else np.empty((0, spec.dim, spec.bins), np.float32)
+        )  # (n_ok, D, B)
+        done += len(batch.positions)
+        skipped += int((~batch.ok).sum())
+        bar.update(len(batch.positions))
+        bar.set_postfix(skipped=skipped, refresh=False)
+        if batch.positions[-1] == stop - 1:  # the shard's last batch: batches never straddle shards
+            write_shard(shard_path(shard_dir, index), Shard.from_batches(parts, hists, spec.dim, spec.bins))
+            rate = done / (time.perf_counter() - t0)
+            log.info(
+                "shard %d/%d written (%d images, %d unreadable so far): %.1f img/s, ETA %.0f s",
+                index + 1,
+                n_shards,
+                stop - start,
+                skipped,
+                rate,
+                (total - done) / rate,
+            )
+            parts, hists = [], []
+            index, start, stop = next(queue, (None, None, None))
+    bar.close()
+    return done, resumed
+
+
+def load_shards(shard_dir: Path, n_candidates: int, shard_size: int, dim: int, bins: int) -> Shard:
+    """All shards joined in candidate order; a missing or damaged one is an error (just written)."""
+    shards = []
+    for i in range(-(-n_candidates // shard_size)):
+        start, stop = i * shard_size, min((i + 1) * shard_size, n_candidates)
+        shard = read_shard(shard_path(shard_dir, i), start, stop, dim, bins)
+        if shard is None:
+            raise RuntimeError(f"shard {shard_path(shard_dir, i)} is missing or damaged after extraction")
+        shards.append(shard)
+    return Shard(*(np.concatenate([getattr(s, name) for s in shards]) for name in Shard.__dataclass_fields__))

@@ -1,0 +1,164 @@
+"""Pure ASGI middleware: request id + metrics, body-size cap, and the /v1 guard (bearer auth, rate limit).
+
+They run before FastAPI parses anything, so an unauthenticated or oversized request is refused without its
+body being read or validated (a malformed body from a caller without a token is a 401, not a 400).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import time
+import uuid
+
+from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from retrieval_service.state import ServiceState
+
+
+def _error_messages(status: int, code: str, message: str, details=None, headers=None) -> list[Message]:
+    body = json.dumps({"error": {"code": code, "message": message, "details": details}}).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    return [
+        {"type": "http.response.start", "status": status, "headers": raw},
+        {"type": "http.response.body", "body": body},
+    ]
+
+
+async def _send_error(send: Send, *args, **kwargs) -> None:
+    for message in _error_messages(*args, **kwargs):
+        await send(message)
+
+
+class RequestContext:
+    """Assigns a request id (echoed as X-Request-ID) and records count + latency per route template."""
+
+    def __init__(self, app: ASGIApp, state: ServiceState):
+        self.app, self.state = app, state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = uuid.uuid4().hex[:16]
+        scope.setdefault("state", {})["request_id"] = request_id
+        started = time.perf_counter()
+        status = 500
+
+        async def _send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, _send)
+        finally:
+            route = scope.get("route")
+            # Route templates, never raw paths: unmatched paths must not grow the label set without bound.
+            name = getattr(route, "path", None) or "unmatched"
+            self.state.metrics.observe(scope["method"], name, status, time.perf_counter() - started)
+            self.state.metrics.redis_up.set(1 if self.state.redis.status_cached() == "ok" else 0)
+
+
+class BodyLimit:
+    """413 when Content-Length or the bytes actually received exceed ``max_body_bytes``."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.max_bytes
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await _send_error(
+                send,
+                413,
+                "payload_too_large",
+                f"request body of {int(declared):,} bytes exceeds the limit of {limit:,} bytes",
+                {"limit": limit},
+            )
+            return
+        received = 0
+        refused = False
+
+        async def _receive() -> Message:
+            nonlocal received, refused
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit and not refused:
+                    # Chunked bodies have no Content-Length: answer here and tell the app the client left.
+                    refused = True
+                    await _send_error(
+                        send,
+                        413,
+                        "payload_too_large",
+                        f"request body exceeds the limit of {limit:,} bytes",
+                        {"limit": limit},
+                    )
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def _send(message: Message) -> None:
+            if not refused:  # the app's own reply to the truncated request is dropped
+                await send(message)
+
+        await self.app(scope, _receive, _send)
+
+
+class Guard:
+    """On /v1/*: bearer-token auth when tokens are configured, then the per-caller rate limit."""
+
+    def __init__(self, app: ASGIApp, state: ServiceState):
+        self.app, self.state = app, state
+        self.tokens = [t.encode() for t in state.settings.tokens]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+        caller = None
+        if self.tokens:
+            caller = self._token(scope)
+            if caller is None:
+                await _send_error(
+                    send,
+                    401,
+                    "unauthorized",
+                    "missing or invalid bearer token: send 'Authorization: Bearer <token>'",
+                    headers={"WWW-Authenticate": 'Bearer realm="sjft"'},
+                )
+                return
+        if self.state.limiter.enabled:
+            who = f"token:{caller}" if caller else f"ip:{(scope.get('client') or ('unknown', 0))[0]}"
+            wait = await run_in_threadpool(self.state.limiter.check, who)
+            if wait:
+                limit = self.state.limiter.per_minute
+                await _send_error(
+                    send,
+                    429,
+                    "rate_limited",
+                    f"rate limit of {limit} requests per minute reached; retry in {wait} s",
+                    {"limit_per_minute": limit, "retry_after_s": wait},
+                    headers={"Retry-After": str(wait)},
+                )
+                return
+        await self.app(scope, receive, send)
+
+    def _token(self, scope: Scope) -> str | None:
+        header = dict(scope["headers"]).get(b"authorization", b"")
+        scheme, _, token = header.partition(b" ")
+        if scheme.lower() != b"bearer" or not token.strip():
+            return None
+        token = token.strip()
+        # Compare against every token in constant time: timing must not reveal a prefix match.
+        matched = [t for t in self.tokens if hmac.compare_digest(t, token)]
+        return matched[0].decode() if matched else None

@@ -1,0 +1,108 @@
+"""k-nearest source images by divergence, for JSON queries or uploaded image files."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Annotated
+
+import numpy as np
+from fastapi import APIRouter, File, Form, UploadFile
+from fastapi.responses import Response
+
+from retrieval_service.deps import ReadyDep, StateDep
+from retrieval_service.errors import InvalidRequest, LimitExceeded, PayloadTooLarge
+from retrieval_service.queries import Resolved, check_limits, fill_descriptors, image_query, resolve_queries
+from retrieval_service.state import Ready, ServiceState
+from services.schemas import K_MAX, ErrorBody, Metric, NeighborsRequest, NeighborsResponse
+
+router = APIRouter(prefix="/v1", tags=["neighbors"])
+
+_ERRORS = {
+    code: {"model": ErrorBody, "description": text}
+    for code, text in {
+        404: "unknown source_id",
+        413: "too many queries / image too large",
+        422: "invalid query, descriptor or limit",
+        429: "rate limited or search queue full",
+        503: "index not loaded",
+    }.items()
+}
+
+
+@router.post("/neighbors", response_model=NeighborsResponse, responses=_ERRORS)
+def neighbors(body: NeighborsRequest, state: StateDep, ready: ReadyDep) -> Response:
+    """Nearest source images of each query (image, descriptor or source id), by distance then source_id."""
+    started = time.perf_counter()
+    s = state.settings
+    check_limits(body, s.max_queries_per_request, s.max_k_plus_offset)
+    spec = ready.index.spec
+    resolved = resolve_queries(
+        body,
+        ready.spec_hash,
+        spec.dim,
+        spec.bins,
+        s.max_image_pixels,
+        ready.index.size,
+        stored=ready.index.engine.histograms,
+    )
+    return _answer(state, ready, resolved, body.metric, body.exact, body.exclude_source_ids, started)
+
+
+@router.post("/neighbors/upload", response_model=NeighborsResponse, responses=_ERRORS)
+def neighbors_upload(
+    state: StateDep,
+    ready: ReadyDep,
+    files: Annotated[list[UploadFile], File(description="Image files; each file name is its result id.")],
+    k: Annotated[int, Form(ge=1, le=K_MAX, description="Neighbours per image.")] = 10,
+    offset: Annotated[int, Form(ge=0, description="Skip this many of the best neighbours.")] = 0,
+    metric: Annotated[Metric, Form(description="js or skl.")] = "js",
+    exact: Annotated[bool, Form(description="Full scan instead of the two-stage search.")] = False,
+) -> Response:
+    """Nearest source images of each uploaded file (multipart field ``files``); result ids are file names."""
+    started = time.perf_counter()
+    s = state.settings
+    if len(files) > s.max_queries_per_request:
+        raise PayloadTooLarge(f"{len(files)} files in one request; the limit is {s.max_queries_per_request}")
+    if k + offset > s.max_k_plus_offset:
+        raise LimitExceeded(f"k + offset = {k + offset} exceeds the limit {s.max_k_plus_offset}")
+    names = [f.filename or f"file{i}" for i, f in enumerate(files)]
+    if len(set(names)) != len(names):
+        raise InvalidRequest("uploaded file names must be unique: they are the result ids", {"files": names})
+    resolved = [
+        image_query(name, f.file.read(), k, offset, s.max_image_pixels, f"file {name!r}")
+        for name, f in zip(names, files, strict=True)
+    ]
+    return _answer(state, ready, resolved, metric, exact, [], started)
+
+
+def _answer(
+    state: ServiceState,
+    ready: Ready,
+    resolved: list[Resolved],
+    metric: str,
+    exact: bool,
+    exclude: list[int],
+    started: float,
+) -> Response:
+    size, max_pixels = ready.index.spec.size, state.settings.max_image_pixels
+
+    def _prepare(misses: list[Resolved]) -> None:
+        fill_descriptors(misses, size, max_pixels, lambda batch: state.extractor().histograms(batch))
+
+    results, cached = ready.searcher.search(resolved, metric, exact, exclude, _prepare)
+    labels = ready.index.manifest.all_labels()  # (N,) int32, cached by the manifest
+    classes = ready.index.manifest.classes
+    out = []
+    for q, (dist, ids) in zip(resolved, results, strict=True):
+        order = np.lexsort((ids, dist))  # by distance, ties by source_id (the contract)
+        dist, ids = dist[order], ids[order]
+        neighbors = [
+            {"source_id": i, "distance": d, "label": lab, "class_name": classes[lab]}
+            for i, d, lab in zip(ids.tolist(), dist.tolist(), labels[ids].tolist(), strict=True)
+        ]
+        out.append({"id": q.id, "neighbors": neighbors})
+    took_ms = (time.perf_counter() - started) * 1000.0
+    # Serialised directly: validating 25,600 Neighbor models would cost more than the search itself.
+    body = {"results": out, "spec_hash": ready.spec_hash, "took_ms": round(took_ms, 3), "cached": cached}
+    return Response(json.dumps(body, separators=(",", ":")), media_type="application/json")

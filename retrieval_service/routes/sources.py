@@ -1,0 +1,93 @@
+"""Source images by id: bytes (with ETag), stored descriptors, and many images as one streamed tar."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Path
+from fastapi.responses import Response, StreamingResponse
+
+from retrieval_service.deps import ReadyDep, StateDep
+from retrieval_service.errors import InvalidRequest, NotFound, PayloadTooLarge
+from retrieval_service.stream import content_type, stream_tar
+from services.schemas import DescriptorResponse, ErrorBody, StreamRequest
+
+router = APIRouter(prefix="/v1/sources", tags=["sources"])
+
+SourceId = Annotated[int, Path(ge=0, description="Id of a source image in this index.")]
+_NOT_FOUND = {404: {"model": ErrorBody, "description": "no such source_id"}}
+
+
+def _record(ready, source_id: int):
+    record = ready.index.manifest.get(source_id) if source_id < ready.index.size else None
+    if record is None:
+        raise NotFound(
+            f"unknown source_id {source_id}: this index has ids 0..{ready.index.size - 1}",
+            {"source_id": source_id},
+        )
+    return record
+
+
+@router.get(
+    "/{source_id}",
+    responses={200: {"content": {"image/*": {}}}, 304: {"description": "not modified"}, **_NOT_FOUND},
+)
+def source_image(
+    source_id: SourceId, ready: ReadyDep, if_none_match: Annotated[str | None, Header()] = None
+) -> Response:
+    """The source image's bytes, with its content type and ETag (its SHA-256); If-None-Match gives 304."""
+    record = _record(ready, source_id)
+    headers = {"Cache-Control": "public, max-age=86400"}
+    if record.sha256:
+        etag = f'"{record.sha256}"'
+        headers["ETag"] = etag
+        if if_none_match and etag in [t.strip() for t in if_none_match.split(",")] + ["*"]:
+            return Response(status_code=304, headers=headers)
+    with ready.index.open_source(source_id) as stream:
+        data = stream.read()
+    if not record.sha256:
+        headers["ETag"] = f'"{hashlib.sha256(data).hexdigest()}"'
+    return Response(data, media_type=content_type(record.ext), headers=headers)
+
+
+@router.get("/{source_id}/descriptor", response_model=DescriptorResponse, responses=_NOT_FOUND)
+def source_descriptor(source_id: SourceId, ready: ReadyDep) -> DescriptorResponse:
+    """The stored histograms of one source image: D rows of B bins."""
+    _record(ready, source_id)
+    histograms = ready.index.engine.histograms([source_id])[0]  # (D, B)
+    return DescriptorResponse(source_id=source_id, spec_hash=ready.spec_hash, descriptor=histograms.tolist())
+
+
+@router.post(
+    "/stream",
+    responses={
+        200: {"content": {"application/x-tar": {}}},
+        **_NOT_FOUND,
+        413: {"model": ErrorBody, "description": "too many ids"},
+    },
+)
+def stream_sources(body: StreamRequest, state: StateDep, ready: ReadyDep) -> StreamingResponse:
+    """Many source images as one streamed tar of ``<source_id>.<ext>`` members, in request order."""
+    limit = state.settings.max_stream_ids
+    if len(body.ids) > limit:
+        raise PayloadTooLarge(f"{len(body.ids)} ids in one request; the limit is {limit}", {"limit": limit})
+    negative = [i for i in body.ids if i < 0]
+    if negative:
+        raise InvalidRequest(
+            f"source ids must be non-negative, got {negative[:20]}", {"invalid_ids": negative[:1000]}
+        )
+    records = ready.index.manifest.get_many(body.ids)
+    unknown = [i for i, r in zip(body.ids, records, strict=True) if r is None]
+    # Every id is checked before the first byte goes out: a bad id is a 4xx, never a broken archive.
+    if unknown:
+        raise NotFound(
+            f"unknown source_id {', '.join(map(str, unknown[:20]))}", {"unknown_source_ids": unknown[:1000]}
+        )
+    items = [(r.source_id, r.ext) for r in records]
+    counter = state.metrics.streamed
+    return StreamingResponse(
+        stream_tar(items, ready.index.open_source, counter.inc),
+        media_type="application/x-tar",
+        headers={"Content-Disposition": 'attachment; filename="sources.tar"'},
+    )

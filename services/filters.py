@@ -1,0 +1,238 @@
+"""Filter banks: image batches -> per-layer filter responses (torch, CPU or CUDA).
+
+``GaborBank`` convolves the luminance with the spec's Gabor kernels by FFT ('same' size, mirror padding: see
+``GaborParams``); ``ConvBank`` runs the first (and second) conv layer of a torchvision CNN from a local state dict and
+returns pre-activation responses. Both take uint8 (N, S, S, 3) / (N, 3, S, S) or float in [0, 1].
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from services.errors import WeightsError
+from services.spec import IMAGENET_MEAN, IMAGENET_STD, DescriptorSpec, GaborParams, file_sha256, load_state_dict
+
+
+def gabor_kernels(params: GaborParams) -> list[torch.Tensor]:
+    """Spatial kernels per scale: float64 (2 * orientations, K_s, K_s), rows (real, imag) per orientation."""
+    kernels = []
+    for wavelength, sigma, ksize in zip(params.wavelengths, params.sigmas, params.kernel_sizes, strict=True):
+        half = ksize // 2
+        y, x = torch.meshgrid(torch.arange(-half, half + 1, dtype=torch.float64),
+                              torch.arange(-half, half + 1, dtype=torch.float64), indexing="ij")
+        per_scale = []
+        for o in range(params.orientations):
+            theta = math.pi * o / params.orientations
+            along = x * math.cos(theta) + y * math.sin(theta)  # along the wave vector
+            across = -x * math.sin(theta) + y * math.cos(theta)  # along the stripes
+            envelope = torch.exp(-(along**2 + (params.aspect_ratio * across) ** 2) / (2.0 * sigma**2))
+            real = envelope * torch.cos(2.0 * math.pi * along / wavelength)
+            imag = envelope * torch.sin(2.0 * math.pi * along / wavelength)
+            if params.zero_mean:
+                # Remove the DC with the envelope's shape (not a flat offset) so the kernel stays local.
+                real = real - envelope * (real.sum() / envelope.sum())
+                imag = imag - envelope * (imag.sum() / envelope.sum())
+            per_scale += [real / envelope.sum(), imag / envelope.sum()]
+        kernels.append(torch.stack(per_scale))
+    return kernels
+
+
+def fft_size(n: int) -> int:
+    """Smallest integer >= n whose prime factors are 2, 3 and 5 (fast FFT sizes)."""
+    while True:
+        m = n
+        for p in (2, 3, 5):
+            while m % p == 0:
+                m //= p
+        if m == 1:
+            return n
+        n += 1
+
+
+def mirror_indices(size: int, before: int, total: int) -> torch.Tensor:
+    """Indices of a mirror-padded axis (edge pixel not repeated; any pad width): scipy ``mode='mirror'``."""
+    idx = np.arange(-before, total - before)
+    if size == 1:
+        return torch.zeros(total, dtype=torch.long)
+    period = 2 * size - 2
+    idx = np.mod(idx, period)
+    idx = np.where(idx >= size, period - idx, idx)
+    return torch.from_numpy(idx.astype(np.int64))
+
+
+def as_nchw_float(images: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 (0..255) or float (0..1) batch, NHWC (last dim 3) or NCHW -> float32 (N, 3, H, W) in [0, 1]."""
+    x = torch.as_tensor(images)
+    if x.ndim == 3:
+        x = x.unsqueeze(0)
+    if x.ndim != 4 or (x.shape[-1] != 3 and x.shape[1] != 3):
+        raise ValueError(f"expected an image batch (N, S, S, 3) or (N, 3, S, S), got shape {tuple(x.shape)}")
+    x = x.to(device)
+    if x.shape[-1] == 3:
+        x = x.permute(0, 3, 1, 2)
+    if x.dtype == torch.uint8:
+        return x.float().div_(255.0)
+    return x.float()
+
+
+class FilterBank(nn.Module):
+    """images -> list of per-layer responses, each float32 (N, D_l, H_l, W_l).
+
+    ``blocks`` yields the same responses in pieces, (layer, filter ids, values), without assembling them, so the
+    histogram step can consume each piece while it is still in cache: ``values`` has the images on dim 0 and
+    ``filter ids`` (int64, broadcastable to ``values``) names each element's filter within its layer.
+    """
+
+    layer_sizes: list[int]
+
+    def blocks(self, images: np.ndarray | torch.Tensor):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, images: np.ndarray | torch.Tensor) -> list[torch.Tensor]:
+        outs: list[list[torch.Tensor]] = [[] for _ in self.layer_sizes]
+        for layer, _, values in self.blocks(images):
+            outs[layer].append(self._filters_first(values))
+        return [torch.cat(parts, dim=1) for parts in outs]
+
+    @staticmethod
+    def _filters_first(values: torch.Tensor) -> torch.Tensor:
+        return values
+
+
+class GaborBank(FilterBank):
+    """FFT convolution of the luminance with the complex Gabor kernels (real + i imag): one forward FFT per scale
+    and one complex inverse FFT per orientation, whose real and imaginary parts are the two filters' responses."""
+
+    def __init__(self, params: GaborParams, size: int):
+        super().__init__()
+        self.size = size
+        self.layer_sizes = [params.n_filters]
+        self.register_buffer("luma", torch.tensor(params.luma, dtype=torch.float32))
+        self.pads: list[int] = []
+        self.fft_sizes: list[int] = []
+        n_orient = params.orientations
+        for s, kernel in enumerate(gabor_kernels(params)):  # (2O, K, K)
+            pad = kernel.shape[-1] // 2
+            n = fft_size(size + 2 * pad)
+            # Kernel centre at (0, 0) of an n x n grid: the circular convolution equals the linear one on the
+            # crop [pad, pad + size) because the mirror padding covers the kernel's reach.
+            grid = torch.zeros(n_orient, n, n, dtype=torch.complex128)
+            grid[:, : kernel.shape[-2], : kernel.shape[-1]] = torch.complex(kernel[0::2], kernel[1::2])
+            grid = torch.roll(grid, shifts=(-pad, -pad), dims=(-2, -1))
+            self.register_buffer(f"spectrum{s}", torch.fft.fft2(grid).to(torch.complex64))  # (O, n, n)
+            self.register_buffer(f"mirror{s}", mirror_indices(size, pad, n))
+            self.pads.append(pad)
+            self.fft_sizes.append(n)
+        # Filter id of each element of a (N, O, S, S, 2) block of scale s: (s * O + o) * 2 + part.
+        ids = torch.arange(2 * n_orient).view(1, n_orient, 1, 1, 2)
+        self.register_buffer("block_ids", ids, persistent=False)
+        self.per_scale = 2 * n_orient
+
+    def luminance(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        x = torch.as_tensor(images)
+        if x.ndim == 3:
+            x = x.unsqueeze(0)
+        if x.ndim == 4 and x.shape[-1] == 3:  # NHWC: one matmul over the channel axis, no permute copy
+            scale = 1.0 / 255.0 if x.dtype == torch.uint8 else 1.0
+            lum = x.to(self.luma.device, torch.float32) @ (self.luma * scale)
+        else:
+            lum = torch.einsum("nchw,c->nhw", as_nchw_float(x, self.luma.device), self.luma)
+        if lum.shape[-2:] != (self.size, self.size):
+            raise ValueError(f"expected {self.size} x {self.size} images, got {tuple(lum.shape[-2:])}")
+        return lum  # (N, S, S)
+
+    def blocks(self, images: np.ndarray | torch.Tensor):
+        lum = self.luminance(images)
+        size = self.size
+        for s, (pad, n) in enumerate(zip(self.pads, self.fft_sizes, strict=True)):
+            mirror = getattr(self, f"mirror{s}")
+            padded = lum[:, mirror][:, :, mirror]  # (N, n, n)
+            freq = torch.fft.fft2(padded).unsqueeze(1) * getattr(self, f"spectrum{s}")  # (N, O, n, n)
+            resp = torch.fft.ifft2(freq)[:, :, pad : pad + size, pad : pad + size]  # (N, O, S, S) complex
+            yield 0, self.block_ids + s * self.per_scale, torch.view_as_real(resp)  # (N, O, S, S, 2)
+
+    @staticmethod
+    def _filters_first(values: torch.Tensor) -> torch.Tensor:
+        n_img, n_orient, h, w, _ = values.shape
+        return values.permute(0, 1, 4, 2, 3).reshape(n_img, 2 * n_orient, h, w)  # (N, 2O, S, S)
+
+
+_BETWEEN_TYPES = (nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d, nn.LocalResponseNorm, nn.Dropout)
+
+
+class ConvBank(FilterBank):
+    """Conv1 (and conv2, after the network's own BN/ReLU/pool in between) of a CNN; pre-activation responses."""
+
+    def __init__(self, conv1: nn.Conv2d, between: nn.Sequential | None, conv2: nn.Conv2d | None,
+                 mean: tuple[float, float, float], std: tuple[float, float, float]):
+        super().__init__()
+        self.conv1, self.between, self.conv2 = conv1, between, conv2
+        self.layer_sizes = [conv1.out_channels] + ([conv2.out_channels] if conv2 is not None else [])
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+        self.eval()
+
+    def blocks(self, images: np.ndarray | torch.Tensor):
+        x = (as_nchw_float(images, self.mean.device) - self.mean) / self.std
+        first = self.conv1(x)  # (N, D_1, H_1, W_1), before the ReLU
+        yield 0, torch.arange(first.shape[1], device=first.device).view(1, -1, 1, 1), first
+        if self.conv2 is not None:
+            second = self.conv2(self.between(first))  # (N, D_2, H_2, W_2)
+            yield 1, torch.arange(second.shape[1], device=second.device).view(1, -1, 1, 1), second
+
+
+def conv_stem(arch: str, layers: int, state_dict: dict[str, Any]) -> ConvBank:
+    """The first ``layers`` conv layers of torchvision's ``arch`` with the weights of ``state_dict``."""
+    import torchvision
+
+    if not hasattr(torchvision.models, arch):
+        raise WeightsError(f"torchvision has no model {arch!r}")
+    with torch.device("meta"):  # no random init: every tensor comes from the file
+        model = getattr(torchvision.models, arch)(weights=None)
+    try:
+        model.load_state_dict(state_dict, strict=True, assign=True)
+    except RuntimeError as exc:
+        raise WeightsError(f"weights file does not match torchvision {arch}: {str(exc)[:500]}") from exc
+    leaves = [m for _, m in model.named_modules() if not list(m.children())]
+    convs = [i for i, m in enumerate(leaves) if isinstance(m, nn.Conv2d)]
+    conv1 = leaves[convs[0]]
+    if layers == 1:
+        return ConvBank(conv1, None, None, IMAGENET_MEAN, IMAGENET_STD)
+    between = leaves[convs[0] + 1 : convs[1]]
+    if not all(isinstance(m, _BETWEEN_TYPES) for m in between):
+        raise WeightsError(f"{arch}: unexpected modules between conv1 and conv2: {between}")
+    for m in between:
+        if isinstance(m, nn.ReLU):
+            m.inplace = False  # conv1's pre-activation output is returned too: never overwrite it
+    return ConvBank(conv1, nn.Sequential(*between), leaves[convs[1]], IMAGENET_MEAN, IMAGENET_STD)
+
+
+def build_bank(spec: DescriptorSpec, conv_weights: str | Path | None = None,
+               device: torch.device | str | None = None) -> FilterBank:
+    """The spec's filter bank on ``device`` (default CPU); conv banks verify the weights file's sha256."""
+    device = torch.device(device or "cpu")
+    if spec.bank == "gabor":
+        return GaborBank(spec.gabor, spec.size).to(device)
+    params = spec.conv
+    if conv_weights is None:
+        raise WeightsError("the conv bank needs a local weights file (conv_weights); none was given")
+    if not Path(conv_weights).is_file():
+        raise WeightsError(f"conv weights file not found: {conv_weights}")
+    digest = file_sha256(conv_weights)
+    if digest != params.weights_sha256:
+        raise WeightsError(
+            f"conv weights file {conv_weights} has sha256 {digest[:12]}..., the spec expects "
+            f"{params.weights_sha256[:12]}...: not the weights this index was built with"
+        )
+    bank = conv_stem(params.arch, params.layers, load_state_dict(conv_weights))
+    if bank.layer_sizes != spec.layer_sizes:
+        raise WeightsError(f"weights give layer sizes {bank.layer_sizes}, the spec says {spec.layer_sizes}")
+    bank.mean.copy_(torch.tensor(params.mean).view(1, 3, 1, 1))
+    bank.std.copy_(torch.tensor(params.std).view(1, 3, 1, 1))
+    return bank.to(device)

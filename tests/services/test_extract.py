@@ -1,0 +1,156 @@
+"""Histograms (exact against a searchsorted reference), determinism, and quantile edge fitting."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from services.errors import DescriptorError
+from services.extract import DescriptorExtractor, _Reservoir, bin_counts, fit_edges, make_spec, resolve_device
+from services.histogram import EdgeBinner
+from tests.imagegen import TEXTURE_KINDS, texture, to_rgb
+
+SIZE = 32
+
+
+def textures(n: int, seed: int = 0, size: int = SIZE) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    kinds = [TEXTURE_KINDS[i % len(TEXTURE_KINDS)] for i in range(n)]
+    return np.stack([to_rgb(texture(k, size, rng, rng.uniform(3, 8)), rng) for k in kinds])  # (n, S, S, 3)
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    spec = make_spec("gabor", size=SIZE, bins=8)
+    sample = textures(12)
+    edges = fit_edges(DescriptorExtractor(spec, device="cpu"), [sample[:5], sample[5:]], bins=8)
+    return DescriptorExtractor(spec.with_edges(edges), device="cpu", chunk_size=3), sample
+
+
+def test_histograms_shape_sum_and_exact_binning(fitted):
+    extractor, sample = fitted
+    hist = extractor.histograms(sample)
+    assert hist.shape == (12, 48, 8) and hist.dtype == np.float32
+    np.testing.assert_allclose(hist.sum(-1), 1.0, atol=1e-6)
+    responses = extractor.responses(sample)[0].flatten(2)  # (N, D, M)
+    ref = bin_counts(responses, torch.from_numpy(extractor.spec.edges_array())).numpy() / responses.shape[2]
+    np.testing.assert_array_equal(hist, ref.astype(np.float32))
+
+
+def test_same_image_same_descriptor_alone_or_in_any_batch(fitted):
+    extractor, sample = fitted
+    batch = extractor.histograms(sample)
+    for i in (0, 4, 11):
+        np.testing.assert_array_equal(extractor.histograms(sample[i : i + 1])[0], batch[i])
+    reordered = extractor.histograms(sample[::-1].copy())
+    np.testing.assert_array_equal(reordered[::-1], batch)
+    other_chunks = DescriptorExtractor(extractor.spec, device="cpu", chunk_size=5).histograms(sample)
+    np.testing.assert_array_equal(other_chunks, batch)
+
+
+def test_edges_give_equal_mass_on_the_fitting_sample(fitted):
+    extractor, sample = fitted
+    mass = extractor.histograms(sample).mean(axis=0)  # (D, B): pooled over the sample (equal pixel counts)
+    np.testing.assert_allclose(mass, 1 / 8, atol=2e-3)
+    edges = extractor.spec.edges_array()
+    assert (np.diff(edges, axis=1) > 0).all()
+
+
+def test_out_of_range_values_fall_into_the_end_bins(fitted):
+    extractor, _ = fitted
+    extreme = np.zeros((1, SIZE, SIZE, 3), dtype=np.uint8)
+    extreme[:, :, ::2] = 255  # full-contrast 2 px stripes: far beyond the textures' range at the finest scale
+    hist = extractor.histograms(extreme)[0]
+    np.testing.assert_allclose(hist.sum(-1), 1.0, atol=1e-6)
+    assert hist[0, 0] + hist[0, -1] > 0.5  # finest real filter at 0 deg
+
+
+def test_edge_binner_is_exact_for_ties_values_on_edges_and_crowded_edges():
+    rng = np.random.default_rng(5)
+    edges = np.sort(rng.normal(size=(6, 9)).astype(np.float32), axis=1)
+    edges[2] = np.float32(0.25) + np.arange(9, dtype=np.float32) * np.float32(1e-7)  # many edges in one cell
+    edges[3] = np.linspace(-1, 1, 9, dtype=np.float32)
+    for j in range(1, 9):
+        edges[:, j] = np.maximum(edges[:, j], np.nextafter(edges[:, j - 1], np.float32(np.inf)))
+    values = rng.normal(size=(3, 6, 500)).astype(np.float32) * 2
+    values[:, :, :9] = edges[None]  # exactly on the edges
+    values[:, :, 9:18] = np.nextafter(edges, np.float32(-np.inf))[None]  # one ulp below
+    values[0, 1, 20:] = 0.0  # a constant block
+    e, v = torch.from_numpy(edges), torch.from_numpy(values)
+    got = EdgeBinner(e).counts(v, torch.arange(6).view(1, 6, 1))
+    assert torch.equal(got, bin_counts(v, e))
+
+
+def test_histograms_need_edges_but_responses_do_not():
+    extractor = DescriptorExtractor(make_spec("gabor", size=SIZE, bins=4), device="cpu")
+    assert extractor.responses(textures(2))[0].shape == (2, 48, SIZE, SIZE)
+    with pytest.raises(DescriptorError, match="no fitted edges"):
+        extractor.histograms(textures(2))
+    with pytest.raises(ValueError, match="expected a batch"):
+        extractor.responses(textures(1, size=SIZE * 2))
+
+
+def test_constant_images_still_give_strict_edges_and_valid_histograms():
+    spec = make_spec("gabor", size=SIZE, bins=6)
+    grey = np.full((2, SIZE, SIZE, 3), 128, dtype=np.uint8)
+    edges = fit_edges(DescriptorExtractor(spec, device="cpu"), [grey], bins=6)
+    assert (np.diff(edges, axis=1) > 0).all()
+    hist = DescriptorExtractor(spec.with_edges(edges), device="cpu").histograms(grey)
+    np.testing.assert_allclose(hist.sum(-1), 1.0, atol=1e-6)
+
+
+def test_reservoir_is_bounded_uniform_and_without_replacement():
+    reservoir = _Reservoir(dim=2, capacity=500, rng=np.random.default_rng(0))
+    total = 20_000
+    for start in range(0, total, 3_000):
+        chunk = np.arange(start, min(start + 3_000, total), dtype=np.float32)
+        reservoir.add(np.stack([chunk, -chunk]))
+    sample = reservoir.sample()
+    assert sample.shape == (2, 500) and reservoir.values.shape == (2, 500)
+    assert len(np.unique(sample[0])) == 500 and np.array_equal(sample[1], -sample[0])
+    assert abs(sample[0].mean() - total / 2) < 0.1 * total  # uniform over everything seen, not the first chunk
+    assert (sample[0] >= 15_000).mean() == pytest.approx(0.25, abs=0.07)
+
+
+def test_small_reservoir_edges_approximate_full_edges(fitted):
+    extractor, sample = fitted
+    plain = DescriptorExtractor(make_spec("gabor", size=SIZE, bins=8), device="cpu")
+    small = fit_edges(plain, [sample], bins=8, max_values_per_filter=2_000, seed=1)
+    mass = DescriptorExtractor(plain.spec.with_edges(small), device="cpu").histograms(sample).mean(0)
+    np.testing.assert_allclose(mass, 1 / 8, atol=0.03)
+
+
+def test_conv_histograms_two_layers(resnet18_weights):
+    spec = make_spec("conv", size=SIZE, bins=4, conv_weights=resnet18_weights, arch="resnet18", layers=2)
+    plain = DescriptorExtractor(spec, device="cpu", conv_weights=resnet18_weights)
+    edges = fit_edges(plain, [textures(4)], bins=4)
+    assert edges.shape == (128, 3)
+    extractor = DescriptorExtractor(spec.with_edges(edges), device="cpu", conv_weights=resnet18_weights)
+    hist = extractor.histograms(textures(4))
+    assert hist.shape == (4, 128, 4)
+    np.testing.assert_allclose(hist.sum(-1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(hist.mean(0), 0.25, atol=0.02)
+
+
+def test_histograms_from_files(fitted, tmp_path):
+    extractor, sample = fitted
+    sources = []
+    for i, image in enumerate(sample[:3]):
+        buf = io.BytesIO()
+        Image.fromarray(image).save(buf, format="PNG")
+        sources.append(buf.getvalue() if i % 2 else tmp_path / f"{i}.png")
+        if not i % 2:
+            sources[-1].write_bytes(buf.getvalue())
+    np.testing.assert_array_equal(extractor.histograms_from_files(sources, workers=2), extractor.histograms(sample[:3]))
+
+
+def test_resolve_device():
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device(None).type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA"):
+            resolve_device("cuda")

@@ -1,0 +1,111 @@
+"""End to end against a real service + Redis: rounds, outputs, resume after kill -9, a service restart,
+DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from services.client import RetrievalClient
+from tests.conftest import free_port
+from tests.retrieval.live_server import REPO, live_server
+
+from .conftest import TRAINER_ENV, run_trainer, start_trainer, trainer_cmd, wait_for_line
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def reference(service, small_target, tmp_path_factory) -> Path:
+    """An uninterrupted two-round run."""
+    out = tmp_path_factory.mktemp("ref")
+    done = run_trainer(trainer_cmd(small_target, service, out / "run", out / "cache"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out / "run"
+
+
+def test_two_rounds_write_metrics_curves_and_report_the_job(reference: Path, service):
+    rows = metrics(reference)
+    assert [r["round"] for r in rows] == [0, 1]
+    assert rows[0]["k_mean"] == 2 and rows[1]["sources_in_use"] >= rows[0]["sources_in_use"] > 0
+    assert all(0 <= r["mean_class_acc"] <= 1 for r in rows)
+    assert (reference / "curves.png").stat().st_size > 1000
+    with RetrievalClient(service) as client:
+        jobs = [j for j in client.list_jobs() if j.target and j.config.get("out") == str(reference)]
+    assert len(jobs) == 1 and jobs[0].status == "finished" and jobs[0].rounds == 2
+
+
+def test_resume_after_kill_9_ends_with_identical_metrics(reference, service, small_target, tmp_path: Path):
+    cmd = trainer_cmd(small_target, service, tmp_path / "run", tmp_path / "cache")
+    proc = start_trainer(cmd, tmp_path / "stderr.txt")
+    wait_for_line(proc, "round=0 ")
+    # The checkpoint follows the printed line; kill as soon as it is in place, during round 1's work.
+    while not (tmp_path / "run" / "checkpoint.pt").exists() and proc.poll() is None:
+        os.sched_yield()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = run_trainer(cmd + ["--resume"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resuming after round 0" in done.stdout
+    assert metrics(tmp_path / "run") == metrics(reference)
+
+
+def test_service_restart_mid_run_is_survived(reference, index_dir, small_target, redis_url, tmp_path: Path):
+    port = free_port()
+    env = {"SJFT_REDIS_PREFIX": f"sjft-trainer-restart-{os.getpid()}"}
+    url = f"http://127.0.0.1:{port}"
+    cmd = trainer_cmd(
+        small_target, url, tmp_path / "run", tmp_path / "cache", "--retries", "8", "--backoff", "0.5"
+    )
+    with live_server(index_dir, tmp_path / "a.log", redis_url=redis_url, env=env, port=port):
+        proc = start_trainer(cmd, tmp_path / "stderr.txt")
+        wait_for_line(proc, "round=0 ")
+    # Down now; back on the same port well within the trainer's retry window (0.5 s doubling, 8 tries).
+    with live_server(index_dir, tmp_path / "b.log", redis_url=redis_url, env=env, port=port):
+        assert proc.wait(timeout=180) == 0, (tmp_path / "stderr.txt").read_text()[-3000:]
+    assert metrics(tmp_path / "run") == metrics(reference)
+
+
+def test_service_gone_exits_1_saying_how_to_resume(small_target, tmp_path: Path):
+    cmd = trainer_cmd(
+        small_target,
+        f"http://127.0.0.1:{free_port()}",
+        tmp_path / "run",
+        tmp_path / "cache",
+        "--retries",
+        "1",
+        "--backoff",
+        "0.05",
+    )
+    done = run_trainer(cmd)
+    assert done.returncode == 1
+    assert "--resume" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_ddp_two_cpu_processes(service, small_target, tmp_path: Path):
+    cmd = trainer_cmd(small_target, service, tmp_path / "run", tmp_path / "cache", "--rounds", "1")
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        str(free_port()),
+        *cmd[1:],
+    ]
+    done = subprocess.run(torchrun, cwd=REPO, env=TRAINER_ENV, capture_output=True, text=True, timeout=200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = metrics(tmp_path / "run")
+    assert len(rows) == 1 and rows[0]["sources_in_use"] > 0
+    assert done.stdout.count("round=0 ") == 1  # only rank 0 logs

@@ -1,0 +1,242 @@
+"""Neighbour windows from the service and the local content-addressed cache of source images.
+
+Queries. The service cannot re-identify an uploaded image, and a later round needs the SAME ranked list
+deeper. So the trainer fixes each target image's query once: by default (``query_mode`` auto with a Gabor
+index) it computes the descriptor locally from ``GET /v1/spec`` with ``services.extract.DescriptorExtractor``
+and sends ``descriptor`` + ``spec_hash`` (images never leave the machine; the descriptors are saved in the
+run directory so a resumed run asks exactly the same questions). Otherwise (``image`` mode, or a conv index
+whose weights the trainer lacks) it sends ``image_b64`` of the unchanged file bytes, which the service maps
+to the same descriptor every time. Either way round m asks only for the new window [old K_i, new K_i) with
+per-query ``offset``/``k``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from services.client import RetrievalClient, ServiceUnavailableError
+from services.schemas import IndexInfo, Query
+from services.spec import DescriptorSpec
+
+
+def index_key(info: IndexInfo) -> str:
+    """Identity of one built index (spec + build), naming its namespace in the shared cache."""
+    build = hashlib.sha256(f"{info.spec_hash}|{info.size}|{info.created}".encode()).hexdigest()
+    return f"{info.spec_hash[:16]}-{build[:12]}"
+
+
+class QueryMaker:
+    """The fixed query of each target image (see module docstring)."""
+
+    def __init__(
+        self, paths: Sequence[str], descriptors: np.ndarray | None = None, spec_hash: str | None = None
+    ):
+        self.paths = list(paths)
+        self.descriptors = descriptors  # (N, D, B) float32 or None for image mode
+        self.spec_hash = spec_hash
+
+    @property
+    def mode(self) -> str:
+        return "image" if self.descriptors is None else "descriptor"
+
+    def query(self, i: int, k: int, offset: int) -> Query:
+        if self.descriptors is None:
+            data = base64.b64encode(Path(self.paths[i]).read_bytes()).decode("ascii")
+            return Query(id=str(i), image_b64=data, k=k, offset=offset)
+        return Query(
+            id=str(i), descriptor=self.descriptors[i].tolist(), spec_hash=self.spec_hash, k=k, offset=offset
+        )
+
+
+def local_descriptors(
+    spec_json: dict, paths: Sequence[str], threads: int = 2
+) -> tuple[np.ndarray, str] | None:
+    """(N, D, B) descriptors of ``paths`` under the service's spec, or None when this spec needs conv
+    weights."""
+    spec = DescriptorSpec.model_validate(spec_json)
+    if spec.bank != "gabor":
+        return None
+    from services.extract import DescriptorExtractor  # heavy (filter bank); only needed here
+
+    extractor = DescriptorExtractor(spec, device="cpu")
+    chunks = [
+        extractor.histograms_from_files(paths[s : s + 64], workers=threads) for s in range(0, len(paths), 64)
+    ]
+    return np.concatenate(chunks).astype(np.float32), spec.spec_hash
+
+
+@dataclass
+class NeighbourLists:
+    """Each target's ranked source ids fetched so far (a prefix of its full ranking) and every source's
+    label."""
+
+    ranked: list[list[int]]
+    labels: dict[int, int] = field(default_factory=dict)  # source_id -> source class index
+    exhausted: set[int] = field(default_factory=set)  # targets whose ranking ended (index smaller than K)
+
+    def selected(self, k: Sequence[int]) -> list[int]:
+        """Distinct source ids within the current K_i prefixes, in first-seen order."""
+        return list(dict.fromkeys(s for i, ki in enumerate(k) for s in self.ranked[i][:ki]))
+
+    def to_state(self) -> dict:
+        return {"ranked": self.ranked, "labels": self.labels, "exhausted": sorted(self.exhausted)}
+
+    @classmethod
+    def from_state(cls, state: dict) -> NeighbourLists:
+        labels = {int(s): int(y) for s, y in state["labels"].items()}
+        return cls(
+            ranked=[list(r) for r in state["ranked"]], labels=labels, exhausted=set(state["exhausted"])
+        )
+
+
+def fetch_windows(
+    client: RetrievalClient, queries: QueryMaker, lists: NeighbourLists, new_k: Sequence[int], metric: str
+) -> int:
+    """Extend every target's list to ``new_k[i]`` by asking only for [len(list), new_k[i]); returns queries
+    sent."""
+    todo = [
+        (i, len(lists.ranked[i]), int(ki) - len(lists.ranked[i]))
+        for i, ki in enumerate(new_k)
+        if ki > len(lists.ranked[i]) and i not in lists.exhausted
+    ]
+    if not todo:
+        return 0
+    batch = [queries.query(i, k=k, offset=offset) for i, offset, k in todo]
+    response = client.neighbors(batch, k=max(k for _, _, k in todo), metric=metric)
+    by_id = {r.id: r.neighbors for r in response.results}
+    for i, _, k in todo:
+        found = by_id[str(i)]
+        lists.ranked[i].extend(n.source_id for n in found)
+        lists.labels.update((n.source_id, n.label) for n in found)
+        if len(found) < k:
+            lists.exhausted.add(i)
+    return len(todo)
+
+
+def source_labels(client: RetrievalClient, ids: Sequence[int], metric: str) -> dict[int, int]:
+    """Labels of arbitrary source ids (random/all modes): each id's own stored descriptor finds itself at
+    distance 0; a few neighbours are asked for so an exact duplicate with a smaller id cannot hide it."""
+    queries = [Query(id=str(s), source_id=int(s)) for s in ids]
+    if not queries:
+        return {}
+    response = client.neighbors(queries, k=8, metric=metric)
+    labels = {}
+    for result in response.results:
+        own = [n for n in result.neighbors if n.source_id == int(result.id)]
+        if not own:
+            raise RuntimeError(f"the service did not return source {result.id} as its own neighbour")
+        labels[own[0].source_id] = own[0].label
+    return labels
+
+
+class SourceCache:
+    """Content-addressed store shared by runs: ``objects/<sha[:2]>/<sha256>.<ext>`` holds the bytes and
+    ``refs/<index_key>/<source_id>`` names the object. Both are written to a temporary file in the same
+    directory and renamed (``os.replace``), so a killed download never leaves a partial or corrupt entry, and
+    concurrent writers of the same object write identical bytes."""
+
+    def __init__(self, root: str | Path, key: str):
+        self.root = Path(root)
+        self.refs = self.root / "refs" / key
+        self.objects = self.root / "objects"
+        self.refs.mkdir(parents=True, exist_ok=True)
+        self.objects.mkdir(parents=True, exist_ok=True)
+
+    def _ref(self, source_id: int) -> Path:
+        return self.refs / f"{int(source_id)}"
+
+    def path(self, source_id: int) -> Path | None:
+        """The cached file of ``source_id``, or None."""
+        ref = self._ref(source_id)
+        try:
+            name = ref.read_text().strip()
+        except FileNotFoundError:
+            return None
+        obj = self.objects / name[:2] / name
+        return obj if obj.is_file() else None
+
+    def has(self, source_id: int) -> bool:
+        return self.path(source_id) is not None
+
+    def put(self, source_id: int, ext: str, data: bytes) -> Path:
+        digest = hashlib.sha256(data).hexdigest()
+        name = f"{digest}.{ext.lower() or 'bin'}"
+        obj = self.objects / name[:2] / name
+        if not obj.is_file():
+            _atomic_write(obj, data)
+        _atomic_write(self._ref(source_id), name.encode())
+        return obj
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def download(
+    client: RetrievalClient,
+    ids: Sequence[int],
+    cache: SourceCache,
+    workers: int = 4,
+    chunk: int = 256,
+    retries: int = 3,
+    backoff: float = 0.5,
+    progress: bool = True,
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
+    """Stream every id not yet in ``cache`` (``workers`` streams over id chunks); returns how many were
+    fetched.
+
+    A stream that breaks midway is retried for its remaining ids only, with exponential backoff; a service
+    that stays away raises ``ServiceUnavailableError`` (what is cached stays cached, so a rerun resumes the
+    download).
+    """
+    missing = [int(s) for s in dict.fromkeys(ids) if not cache.has(s)]
+    if not missing:
+        return 0
+    bar = tqdm(total=len(missing), desc="sources", unit="img", disable=not progress, leave=False)
+
+    def one(part: list[int]) -> None:
+        remaining = list(part)
+        for attempt in range(retries + 1):
+            try:
+                for source_id, ext, data in client.stream_sources(list(remaining)):
+                    cache.put(source_id, ext, data)
+                    remaining.remove(source_id)
+                    bar.update(1)
+                if remaining:
+                    raise ServiceUnavailableError(
+                        503, "stream_incomplete", f"stream ended without {remaining[:5]}"
+                    )
+                return
+            except ServiceUnavailableError as exc:
+                if attempt == retries or exc.code == "service_unavailable":
+                    raise
+                sleep(min(30.0, backoff * 2**attempt))
+
+    parts = [missing[s : s + chunk] for s in range(0, len(missing), chunk)]
+    try:
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            for future in [pool.submit(one, p) for p in parts]:
+                future.result()
+    finally:
+        bar.close()
+    return len(missing)
