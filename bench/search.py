@@ -26,7 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.search_data import real_descriptors, replicate  # noqa: E402
-from retrieval_service.engine import SearchEngine  # noqa: E402
+from retrieval_service.engine import DEFAULT_RERANK_FACTOR, SearchEngine  # noqa: E402
 
 
 def rss_mb() -> float:
@@ -142,7 +142,7 @@ def main() -> None:
     parser.add_argument("--kinds", nargs="+", default=["flat", "ivf"], choices=["flat", "ivf"])
     parser.add_argument("--nlist", type=int, default=None)
     parser.add_argument("--nprobe", type=int, default=None)
-    parser.add_argument("--rerank-factor", type=int, default=4)
+    parser.add_argument("--rerank-factor", type=int, default=DEFAULT_RERANK_FACTOR)
     parser.add_argument("--codec", default="sq8", choices=["sq8", "flat"])
     parser.add_argument("--sweep-nprobe", type=lambda s: [int(x) for x in s.split(",")], default=[])
     parser.add_argument("--sweep-rerank", type=lambda s: [int(x) for x in s.split(",")], default=[])

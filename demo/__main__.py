@@ -26,7 +26,7 @@ def parse_args(argv: list[str] | None = None) -> DemoConfig:
     parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
                         help="Redis for the service (default $REDIS_URL); '' runs without Redis")
     parser.add_argument("--no-random", action="store_true", help="skip the random-selection comparison run")
-    parser.add_argument("--workers", type=int, default=2, help="decoding processes of the index build")
+    parser.add_argument("--workers", type=int, default=0, help="decoding processes of the index build")
     args = parser.parse_args(argv)
     rounds = args.rounds if args.rounds is not None else (1 if args.quick else 2)
     if rounds < 1:

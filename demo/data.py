@@ -250,7 +250,7 @@ def generate(
     out: Path,
     seed: int = 0,
     size: int = 64,
-    source_per_class: int = 64,
+    source_per_class: int = 48,
     target_train: int = 12,
     target_val: int = 24,
 ) -> DemoManifest:
@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--source-per-class", type=int, default=64)
+    parser.add_argument("--source-per-class", type=int, default=48)
     parser.add_argument("--target-train", type=int, default=12)
     parser.add_argument("--target-val", type=int, default=24)
     args = parser.parse_args(argv)

@@ -35,12 +35,13 @@ class Scale:
     k_max: int
     epochs_per_round: int
     batch_size: int
+    edge_sample: int  # images the build fits the bin edges on (a few per class is plenty)
 
 
-FULL = Scale(source_per_class=64, target_train=12, target_val=24, image_size=64, input_size=64,
-             k0=4, k_max=32, epochs_per_round=4, batch_size=32)
+FULL = Scale(source_per_class=48, target_train=12, target_val=24, image_size=64, input_size=64,
+             k0=4, k_max=32, epochs_per_round=4, batch_size=32, edge_sample=320)
 QUICK = Scale(source_per_class=10, target_train=4, target_val=6, image_size=64, input_size=32,
-              k0=2, k_max=8, epochs_per_round=1, batch_size=16)
+              k0=2, k_max=8, epochs_per_round=1, batch_size=16, edge_sample=60)
 
 
 @dataclass
@@ -53,7 +54,7 @@ class DemoConfig:
     device: str = "cpu"
     redis_url: str = "redis://127.0.0.1:6379/0"  # "" = run the service without Redis
     compare_random: bool = True
-    workers: int = 2  # index-build decoding processes
+    workers: int = 0  # index-build decoding processes: small PNGs decode faster than a process starts
     timeouts_s: dict[str, float] = field(default_factory=lambda: {"build": 600, "train": 900, "ready": 120})
 
     @property
@@ -98,7 +99,7 @@ def build_index(cfg: DemoConfig, sup: Supervisor, data_changed: bool) -> Path:
     sup.run("build", [sys.executable, "-m", "retrieval_service", "build",
                       "--source", str(cfg.out / "data" / "source"), "--out", str(index_dir),
                       "--size", str(cfg.scale.image_size), "--device", cfg.device,
-                      "--workers", str(cfg.workers), "--force"],
+                      "--workers", str(cfg.workers), "--edge-sample", str(cfg.scale.edge_sample), "--force"],
             timeout_s=cfg.timeouts_s["build"])
     return index_dir
 
@@ -135,6 +136,15 @@ def stop_redis(url: str, sup: Supervisor) -> None:
     sup.say("[redis] stopped the server this demo started")
 
 
+def _load_failure(response) -> str | None:
+    """The service stays up when its index cannot load, and says why on /readyz: stop waiting then."""
+    try:
+        reason = response.json().get("reason") or ""
+    except ValueError:
+        return None
+    return reason if reason.startswith(("cannot load index", "no index configured")) else None
+
+
 def start_service(cfg: DemoConfig, sup: Supervisor, index_dir: Path, redis_url: str) -> str:
     port = _free_port()
     argv = [sys.executable, "-m", "retrieval_service", "serve", "--index", str(index_dir),
@@ -145,7 +155,7 @@ def start_service(cfg: DemoConfig, sup: Supervisor, index_dir: Path, redis_url: 
     proc = sup.start("service", argv, env={"SJFT_REDIS_PREFIX": "sjft-demo", "SJFT_API_TOKENS": ""})
     base_url = f"http://127.0.0.1:{port}"
     start = time.monotonic()
-    sup.wait_ready("service", proc, f"{base_url}/readyz", cfg.timeouts_s["ready"])
+    sup.wait_ready("service", proc, f"{base_url}/readyz", cfg.timeouts_s["ready"], fatal=_load_failure)
     sup.say(f"[service] ready at {base_url} after {time.monotonic() - start:.1f} s")
     return base_url
 

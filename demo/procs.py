@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -102,16 +102,22 @@ class Supervisor:
         path = self.log_dir / f"{name}.log"
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
 
-    def wait_ready(self, name: str, proc: subprocess.Popen, url: str, deadline_s: float) -> None:
-        """Wait until ``GET url`` answers 200, the child exits (error) or the deadline passes (error)."""
+    def wait_ready(self, name: str, proc: subprocess.Popen, url: str, deadline_s: float,
+                   fatal: Callable[[httpx.Response], str | None] | None = None) -> None:
+        """Wait until ``GET url`` answers 200; raise when the child exits, ``fatal(response)`` names a reason
+        it never will be ready, or the deadline passes."""
         deadline = time.monotonic() + deadline_s
         while True:
             if proc.poll() is not None:
                 raise DemoError(f"{name} exited with code {proc.returncode} before it was ready:\n"
                                 + self.log_tail(name))
             try:
-                if httpx.get(url, timeout=2.0).status_code == 200:
+                response = httpx.get(url, timeout=2.0)
+                if response.status_code == 200:
                     return
+                reason = fatal(response) if fatal else None
+                if reason:
+                    raise DemoError(f"{name} will not become ready: {reason}\n" + self.log_tail(name))
             except httpx.TransportError:
                 pass  # not listening yet
             if time.monotonic() > deadline:

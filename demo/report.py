@@ -111,11 +111,16 @@ def plot(out_png: Path, runs: dict[str, list[dict]], fractions: list[MatchingFra
     import matplotlib.pyplot as plt
 
     fig, (ax_acc, ax_match) = plt.subplots(1, 2, figsize=(11, 4))
+    rounds: set[int] = set()
     for name, records in runs.items():
         points = [(r, mca) for r, mca, _ in accuracy_by_round(records) if mca is not None]
         if points:
-            ax_acc.plot(*zip(*points, strict=True), marker="o", label=name)
-    ax_acc.set(xlabel="round", ylabel="val mean class accuracy", title="Joint fine-tuning")
+            ax_acc.plot(*zip(*points, strict=True), marker="o", label=f"{name} sources")
+            rounds.update(r for r, _ in points)
+    n_classes = len(fractions[0].per_class)
+    ax_acc.axhline(1 / n_classes, color="grey", linestyle=":", label="chance")
+    ax_acc.set_xticks(sorted(rounds))
+    ax_acc.set(xlabel="round", ylabel="val mean class accuracy", ylim=(0, 1), title="Joint fine-tuning")
     ax_acc.legend()
     ax_acc.grid(alpha=0.3)
     first = fractions[0]

@@ -51,7 +51,7 @@ def build_index(store, weights: np.ndarray, kind: str, nlist: int, codec: str, p
             index = faiss.IndexIVFFlat(quantizer, dim, nlist)
         index.own_fields = True
         quantizer.this.disown()  # the IVF index frees its quantizer
-        n_train = min(n, TRAIN_POINTS_PER_CELL * nlist * 2)
+        n_train = min(n, TRAIN_POINTS_PER_CELL * nlist)
         sample = np.sort(np.random.default_rng(seed).choice(n, n_train, replace=False))
         index.cp.max_points_per_centroid = math.ceil(n_train / nlist)  # no second subsampling inside FAISS
         index.train(hellinger_embedding(store[sample], weights))
@@ -89,7 +89,7 @@ class CandidateIndex:
     def search(self, z: np.ndarray, k: int, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
         """Squared L2 distances and ids (nq, k) of the k nearest embeddings; -1 ids where fewer were found."""
         z = np.ascontiguousarray(z, dtype=np.float32)
-        if self.gpu is not None and k <= GPU_MAX_K:
+        if self.gpu is not None and k <= GPU_MAX_K and nprobe <= GPU_MAX_K:  # GPU limits on k and nprobe
             with self._gpu_lock:
                 if self.nlist:
                     faiss.GpuParameterSpace().set_index_parameter(self.gpu, "nprobe", nprobe)

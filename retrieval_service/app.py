@@ -40,6 +40,8 @@ def create_app(settings: Settings | None = None, index=None) -> FastAPI:
     v1 = [Depends(document_bearer)]
     for module in (index_routes, neighbors, sources, jobs):
         app.include_router(module.router, dependencies=v1)
+    generate_openapi = app.openapi
+    app.openapi = lambda: app.openapi_schema or neighbors.document_models(generate_openapi())
     # Added last = runs first: request id and metrics wrap everything, the body cap precedes auth and parsing.
     app.add_middleware(Guard, state=state)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)

@@ -22,7 +22,7 @@ from services.divergence import METRICS, hellinger_embedding, paired, pairwise, 
 from services.errors import DescriptorError, IndexIntegrityError
 
 KINDS = ("auto", "flat", "ivf")
-DEFAULT_RERANK_FACTOR = 4
+DEFAULT_RERANK_FACTOR = 2  # recall@100 0.999 (flat, N = 200k); 4 bought no recall: bench/results/search.md
 SCAN_BLOCK = 32768  # stored rows per exact-scan block: (nq, 32768) float32 distances at a time
 RERANK_PAIRS = 16384  # (query, candidate) pairs gathered and re-ranked per block
 
@@ -64,8 +64,8 @@ class SearchEngine:
             raise ValueError("at most 2**32 - 1 sources per engine")
         weights = np.asarray(weights, dtype=np.float32)
         store = np.empty((n, d, b), dtype=storage.STORE_DTYPE)
-        for start in range(0, n, 65536):  # validate and narrow chunk by chunk: bounded float64 temporaries
-            block = histograms[start : start + 65536]
+        for start in range(0, n, 16384):  # validate and narrow chunk by chunk: bounded float64 temporaries
+            block = histograms[start : start + 16384]
             try:
                 store[start : start + len(block)] = validate_histograms(block, d, b)
             except DescriptorError as exc:
@@ -164,12 +164,18 @@ class SearchEngine:
         cand = self._candidates(z, r_max, excl, self.nprobe)  # (nq, r_max), -1 where none
         n_valid = (cand >= 0).sum(axis=1)
         dist = self._rerank(q, cand, metric)  # (nq, r_max)
+        # IVF cells that hold fewer than r_max eligible sources: short pools come from an exhaustive probe.
+        short = np.flatnonzero(n_valid < r_max)
+        if len(short):
+            ex_cand = self._candidates(z[short], r_max, excl, self.nlist or 1)
+            ex_dist = self._rerank(q[short], ex_cand, metric)
         for i in range(len(q)):
             keys = ranking.encode_keys(dist[i, : n_valid[i]], cand[i, : n_valid[i]])
             fallback = None
-            if n_valid[i] < r_max:  # IVF cells ran out: short pools come from an exhaustive probe instead
-                ex = self._candidates(z[i : i + 1], r_max, excl, self.nlist or 1)[0]
-                fallback = ranking.encode_keys(self._rerank(q[i : i + 1], ex[None], metric)[0], ex)
+            if n_valid[i] < r_max:
+                j = int(np.searchsorted(short, i))
+                ok = ex_cand[j] >= 0
+                fallback = ranking.encode_keys(ex_dist[j][ok], ex_cand[j][ok])
             bucket_pools = [keys[:r] if n_valid[i] >= r else fallback[:r] for r in pools]
             listed = ranking.ranked_list(bucket_pools, ends)[:window]
             out[i, : len(listed)] = listed

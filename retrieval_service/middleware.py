@@ -68,6 +68,10 @@ class RequestContext:
 class BodyLimit:
     """413 when Content-Length or the bytes actually received exceed ``max_body_bytes``."""
 
+    DRAIN_BYTES = (
+        16 * 1024 * 1024
+    )  # read (and drop) at most this much more, so the 413 is not lost to a reset
+
     def __init__(self, app: ASGIApp, max_bytes: int):
         self.app, self.max_bytes = app, max_bytes
 
@@ -78,40 +82,52 @@ class BodyLimit:
         limit = self.max_bytes
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            await _send_error(
-                send,
-                413,
-                "payload_too_large",
-                f"request body of {int(declared):,} bytes exceeds the limit of {limit:,} bytes",
-                {"limit": limit},
-            )
+            await _drain(receive, True, self.DRAIN_BYTES)
+            message = f"request body of {int(declared):,} bytes exceeds the limit of {limit:,} bytes"
+            await _send_error(send, 413, "payload_too_large", message, {"limit": limit})
             return
         received = 0
+        more_body = True
         refused = False
 
         async def _receive() -> Message:
-            nonlocal received, refused
+            nonlocal received, more_body, refused
+            if refused:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > limit and not refused:
-                    # Chunked bodies have no Content-Length: answer here and tell the app the client left.
+                more_body = message.get("more_body", False)
+                if received > limit:
+                    # Chunked bodies have no Content-Length: stop the app reading; the 413 is sent below.
                     refused = True
-                    await _send_error(
-                        send,
-                        413,
-                        "payload_too_large",
-                        f"request body exceeds the limit of {limit:,} bytes",
-                        {"limit": limit},
-                    )
                     return {"type": "http.disconnect"}
             return message
 
         async def _send(message: Message) -> None:
-            if not refused:  # the app's own reply to the truncated request is dropped
+            if not refused:  # whatever the app answers to a body cut short is replaced by the 413
                 await send(message)
 
-        await self.app(scope, _receive, _send)
+        try:
+            await self.app(scope, _receive, _send)
+        except Exception:
+            if not refused:
+                raise
+        if refused:
+            await _drain(receive, more_body, self.DRAIN_BYTES)
+            message = f"request body exceeds the limit of {limit:,} bytes"
+            await _send_error(send, 413, "payload_too_large", message, {"limit": limit})
+
+
+async def _drain(receive: Receive, more_body: bool, max_bytes: int) -> None:
+    """Read what the client still sends (bounded): closing with unread input makes TCP reset the reply."""
+    drained = 0
+    while more_body and drained < max_bytes:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        drained += len(message.get("body", b""))
+        more_body = message.get("more_body", False)
 
 
 class Guard:

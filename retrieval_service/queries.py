@@ -101,8 +101,8 @@ def decode_images(blobs: Sequence[tuple[str, bytes]], size: int, max_pixels: int
     return np.stack(images) if images else np.empty((0, size, size, 3), dtype=np.uint8)
 
 
-def check_descriptor(query: Query, spec_hash: str, dim: int, bins: int) -> np.ndarray:
-    """A caller's descriptor as (D, B) float32 after the spec and shape/value checks."""
+def descriptor_array(query: Query, spec_hash: str, dim: int, bins: int) -> np.ndarray:
+    """A caller's descriptor as (D, B) float64 after the spec and shape checks (values: ``check_values``)."""
     if query.spec_hash != spec_hash:
         raise SpecMismatchError(
             f"query {query.id!r}: descriptor computed under spec {query.spec_hash!r}, this index uses "
@@ -118,10 +118,20 @@ def check_descriptor(query: Query, spec_hash: str, dim: int, bins: int) -> np.nd
         raise DescriptorError(
             f"query {query.id!r}: descriptor has shape {list(values.shape)}, expected {dim} rows of {bins}"
         )
+    return values
+
+
+def check_values(queries: Sequence[Query], values: np.ndarray, dim: int, bins: int) -> np.ndarray:
+    """(n, D, B) float32 after the value checks (finite, non-negative, rows sum to 1), naming a bad query."""
     try:
-        return validate_histograms(values[None].astype(np.float32), dim, bins)[0]
-    except DescriptorError as exc:
-        raise DescriptorError(f"query {query.id!r}: {exc}") from exc
+        return validate_histograms(values, dim, bins)  # one vectorised pass for the whole request
+    except DescriptorError:
+        for q, h in zip(queries, values, strict=True):  # error path only: find the query to name
+            try:
+                validate_histograms(h[None], dim, bins)
+            except DescriptorError as exc:
+                raise DescriptorError(f"query {q.id!r}: {exc}") from exc
+        raise
 
 
 def resolve_queries(
@@ -143,19 +153,24 @@ def resolve_queries(
             f"unknown source_id {', '.join(map(str, unknown[:20]))}: this index has ids 0..{index_size - 1}",
             {"unknown_source_ids": unknown[:1000]},
         )
-    stored_rows: dict[str, np.ndarray] = {}
+    rows: dict[str, np.ndarray] = {}
     source_queries = [q for q in request.queries if q.source_id is not None]
     if source_queries:
         ids = np.asarray([q.source_id for q in source_queries], dtype=np.int64)
         for q, h in zip(source_queries, stored(ids), strict=True):  # h: (D, B)
-            stored_rows[q.id] = np.ascontiguousarray(h, dtype=np.float32)
+            rows[q.id] = np.ascontiguousarray(h, dtype=np.float32)
+    given = [q for q in request.queries if q.descriptor is not None]
+    if given:
+        arrays = np.stack([descriptor_array(q, spec_hash, dim, bins) for q in given])  # (n, D, B)
+        for q, h in zip(given, check_values(given, arrays, dim, bins), strict=True):
+            rows[q.id] = h
     out = []
     for q in request.queries:
         k, offset = window_of(q, request)
         if q.source_id is not None:
-            out.append(Resolved(q.id, k, offset, stored_rows[q.id], f"src{q.source_id}"))
+            out.append(Resolved(q.id, k, offset, rows[q.id], f"src{q.source_id}"))
         elif q.descriptor is not None:
-            h = check_descriptor(q, spec_hash, dim, bins)
+            h = rows[q.id]
             out.append(Resolved(q.id, k, offset, h, "d" + hashlib.sha256(h.tobytes()).hexdigest()))
         else:
             out.append(

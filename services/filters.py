@@ -1,8 +1,8 @@
 """Filter banks: image batches -> per-layer filter responses (torch, CPU or CUDA).
 
 ``GaborBank`` convolves the luminance with the spec's Gabor kernels by FFT ('same' size, mirror padding: see
-``GaborParams``); ``ConvBank`` runs the first (and second) conv layer of a torchvision CNN from a local state dict and
-returns pre-activation responses. Both take uint8 (N, S, S, 3) / (N, 3, S, S) or float in [0, 1].
+``GaborParams``); ``ConvBank`` runs the first (and second) conv layer of a torchvision CNN from a local state
+dict and returns pre-activation responses. Both take uint8 (N, S, S, 3) / (N, 3, S, S) or float in [0, 1].
 """
 
 from __future__ import annotations
@@ -13,10 +13,18 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from services.errors import WeightsError
-from services.spec import IMAGENET_MEAN, IMAGENET_STD, DescriptorSpec, GaborParams, file_sha256, load_state_dict
+from services.spec import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    DescriptorSpec,
+    GaborParams,
+    file_sha256,
+    load_state_dict,
+)
 
 
 def gabor_kernels(params: GaborParams) -> list[torch.Tensor]:
@@ -24,8 +32,11 @@ def gabor_kernels(params: GaborParams) -> list[torch.Tensor]:
     kernels = []
     for wavelength, sigma, ksize in zip(params.wavelengths, params.sigmas, params.kernel_sizes, strict=True):
         half = ksize // 2
-        y, x = torch.meshgrid(torch.arange(-half, half + 1, dtype=torch.float64),
-                              torch.arange(-half, half + 1, dtype=torch.float64), indexing="ij")
+        y, x = torch.meshgrid(
+            torch.arange(-half, half + 1, dtype=torch.float64),
+            torch.arange(-half, half + 1, dtype=torch.float64),
+            indexing="ij",
+        )
         per_scale = []
         for o in range(params.orientations):
             theta = math.pi * o / params.orientations
@@ -84,9 +95,9 @@ def as_nchw_float(images: np.ndarray | torch.Tensor, device: torch.device) -> to
 class FilterBank(nn.Module):
     """images -> list of per-layer responses, each float32 (N, D_l, H_l, W_l).
 
-    ``blocks`` yields the same responses in pieces, (layer, filter ids, values), without assembling them, so the
-    histogram step can consume each piece while it is still in cache: ``values`` has the images on dim 0 and
-    ``filter ids`` (int64, broadcastable to ``values``) names each element's filter within its layer.
+    ``blocks`` yields the same responses in pieces, (layer, filter ids, values), without assembling them, so
+    the histogram step can consume each piece while it is still in cache: ``values`` has the images on dim 0
+    and ``filter ids`` (int64, broadcastable to ``values``) names each element's filter within its layer.
     """
 
     layer_sizes: list[int]
@@ -97,17 +108,18 @@ class FilterBank(nn.Module):
     def forward(self, images: np.ndarray | torch.Tensor) -> list[torch.Tensor]:
         outs: list[list[torch.Tensor]] = [[] for _ in self.layer_sizes]
         for layer, _, values in self.blocks(images):
-            outs[layer].append(self._filters_first(values))
+            outs[layer].append(self.filters_first(values))
         return [torch.cat(parts, dim=1) for parts in outs]
 
     @staticmethod
-    def _filters_first(values: torch.Tensor) -> torch.Tensor:
+    def filters_first(values: torch.Tensor) -> torch.Tensor:
         return values
 
 
 class GaborBank(FilterBank):
-    """FFT convolution of the luminance with the complex Gabor kernels (real + i imag): one forward FFT per scale
-    and one complex inverse FFT per orientation, whose real and imaginary parts are the two filters' responses."""
+    """FFT convolution of the luminance with the complex Gabor kernels (real + i imag): one forward FFT per
+    scale and one complex inverse FFT per orientation, whose real and imaginary parts are the two filters'
+    responses."""
 
     def __init__(self, params: GaborParams, size: int):
         super().__init__()
@@ -133,6 +145,7 @@ class GaborBank(FilterBank):
         ids = torch.arange(2 * n_orient).view(1, n_orient, 1, 1, 2)
         self.register_buffer("block_ids", ids, persistent=False)
         self.per_scale = 2 * n_orient
+        self.zero_below = params.zero_below
 
     def luminance(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
         x = torch.as_tensor(images)
@@ -152,13 +165,22 @@ class GaborBank(FilterBank):
         size = self.size
         for s, (pad, n) in enumerate(zip(self.pads, self.fft_sizes, strict=True)):
             mirror = getattr(self, f"mirror{s}")
-            padded = lum[:, mirror][:, :, mirror]  # (N, n, n)
+            if (
+                n - size - pad < size
+            ):  # torch's reflect = scipy's mirror; one fused op, the extra FFT margin after the image
+                padded = F.pad(lum[:, None], (pad, n - size - pad, pad, n - size - pad), mode="reflect")[:, 0]
+            else:  # tiny images: mirror repeatedly (reflect padding is limited to less than the size)
+                padded = lum[:, mirror][:, :, mirror]  # (N, n, n)
             freq = torch.fft.fft2(padded).unsqueeze(1) * getattr(self, f"spectrum{s}")  # (N, O, n, n)
-            resp = torch.fft.ifft2(freq)[:, :, pad : pad + size, pad : pad + size]  # (N, O, S, S) complex
-            yield 0, self.block_ids + s * self.per_scale, torch.view_as_real(resp)  # (N, O, S, S, 2)
+            resp = torch.view_as_real(torch.fft.ifft2(freq))[:, :, pad : pad + size, pad : pad + size]
+            if (
+                self.zero_below > 0
+            ):  # float32 round-off in flat regions -> exactly 0 (see GaborParams); one pass
+                resp = F.hardshrink(resp, self.zero_below)  # contiguous (N, O, S, S, 2)
+            yield 0, self.block_ids + s * self.per_scale, resp  # (N, O, S, S, 2)
 
     @staticmethod
-    def _filters_first(values: torch.Tensor) -> torch.Tensor:
+    def filters_first(values: torch.Tensor) -> torch.Tensor:
         n_img, n_orient, h, w, _ = values.shape
         return values.permute(0, 1, 4, 2, 3).reshape(n_img, 2 * n_orient, h, w)  # (N, 2O, S, S)
 
@@ -167,10 +189,17 @@ _BETWEEN_TYPES = (nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d, nn.LocalResponseNorm, n
 
 
 class ConvBank(FilterBank):
-    """Conv1 (and conv2, after the network's own BN/ReLU/pool in between) of a CNN; pre-activation responses."""
+    """Conv1 (and conv2, after the network's own BN/ReLU/pool in between) of a CNN; pre-activation
+    responses."""
 
-    def __init__(self, conv1: nn.Conv2d, between: nn.Sequential | None, conv2: nn.Conv2d | None,
-                 mean: tuple[float, float, float], std: tuple[float, float, float]):
+    def __init__(
+        self,
+        conv1: nn.Conv2d,
+        between: nn.Sequential | None,
+        conv2: nn.Conv2d | None,
+        mean: tuple[float, float, float],
+        std: tuple[float, float, float],
+    ):
         super().__init__()
         self.conv1, self.between, self.conv2 = conv1, between, conv2
         self.layer_sizes = [conv1.out_channels] + ([conv2.out_channels] if conv2 is not None else [])
@@ -213,8 +242,9 @@ def conv_stem(arch: str, layers: int, state_dict: dict[str, Any]) -> ConvBank:
     return ConvBank(conv1, nn.Sequential(*between), leaves[convs[1]], IMAGENET_MEAN, IMAGENET_STD)
 
 
-def build_bank(spec: DescriptorSpec, conv_weights: str | Path | None = None,
-               device: torch.device | str | None = None) -> FilterBank:
+def build_bank(
+    spec: DescriptorSpec, conv_weights: str | Path | None = None, device: torch.device | str | None = None
+) -> FilterBank:
     """The spec's filter bank on ``device`` (default CPU); conv banks verify the weights file's sha256."""
     device = torch.device(device or "cpu")
     if spec.bank == "gabor":

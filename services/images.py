@@ -1,18 +1,19 @@
 """Image decoding for descriptors: any PIL-readable file -> uint8 (size, size, 3), deterministic.
 
 Decisions (they change descriptors, so they are fixed here and documented):
-- The pixel count is checked from the header BEFORE decoding (decompression bombs): more than ``max_pixels`` ->
-  ``ImageDecodeError``; nothing is decoded.
+- The pixel count is checked from the header BEFORE decoding (decompression bombs): more than ``max_pixels``
+  -> ``ImageDecodeError``; nothing is decoded.
 - EXIF orientation is APPLIED (the image as viewers show it). An unreadable EXIF block is ignored.
 - Transparency (RGBA, LA, PA, P/L/RGB with a transparency key) is composited on WHITE, so what hides under
   alpha = 0 never changes the descriptor.
-- 16/32-bit integer grayscale (I;16*, I) is scaled by 1/257 (0..65535 -> 0..255); float (F) is clipped to 0..255;
-  CMYK/YCbCr/LAB/HSV use PIL's conversion to RGB (ICC profiles ignored); 1-bit and L are replicated to RGB.
+- 16/32-bit integer grayscale (I;16*, I) is scaled by 1/257 (0..65535 -> 0..255); float (F) is clipped to
+  0..255; CMYK/YCbCr/LAB/HSV use PIL's conversion to RGB (ICC profiles ignored); 1-bit and L are replicated to
+  RGB.
 - Multi-frame files (GIF, TIFF) use their first frame.
-- Geometry: resize the shorter side to ``size`` and centre-crop, done in one resampling step (PIL ``resize`` with the
-  centre square as ``box``; bilinear with antialiasing, i.e. the filter widens when downscaling). JPEGs larger than
-  twice the target are first DCT-downscaled by libjpeg (``draft``, by powers of two, never below ``size``): faster,
-  and just as deterministic for a given file.
+- Geometry: resize the shorter side to ``size`` and centre-crop, done in one resampling step (PIL ``resize``
+  with the centre square as ``box``; bilinear with antialiasing, i.e. the filter widens when downscaling).
+  JPEGs larger than twice the target are first DCT-downscaled by libjpeg (``draft``, by powers of two, never
+  below ``size``): faster, and just as deterministic for a given file.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
 
 
 def probe_image(src: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int, str]:
-    """(width, height, format) from the header alone, with the same checks as ``load_image`` before decoding."""
+    """(width, height, format) from the header alone, with ``load_image``'s checks before decoding."""
     img = _open(_read_bytes(src), max_pixels)
     return img.size[0], img.size[1], img.format or "unknown"
 
@@ -87,7 +88,9 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         img = Image.fromarray(np.clip(np.rint(arr / 257.0), 0, 255).astype(np.uint8), "L")
         mode = "L"
     elif mode == "F":
-        img = Image.fromarray(np.clip(np.rint(np.asarray(img, dtype=np.float64)), 0, 255).astype(np.uint8), "L")
+        img = Image.fromarray(
+            np.clip(np.rint(np.asarray(img, dtype=np.float64)), 0, 255).astype(np.uint8), "L"
+        )
         mode = "L"
     if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = img.convert("RGBA")
@@ -130,5 +133,6 @@ def load_image(src: ImageSource, size: int, max_pixels: int = DEFAULT_MAX_PIXELS
     except Image.DecompressionBombError as exc:
         raise ImageDecodeError(f"image has too many pixels: {exc}") from exc
     except (OSError, ValueError, SyntaxError, EOFError, IndexError) as exc:
-        # PIL reports truncated data as OSError("image file is truncated ...") and bad data in many other ways.
+        # PIL reports truncated data as OSError("image file is truncated ...") and bad data in many other
+        # ways.
         raise ImageDecodeError(f"corrupt or truncated {img.format or 'image'} data: {exc}") from exc

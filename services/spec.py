@@ -1,8 +1,9 @@
 """The descriptor spec: every parameter that determines a descriptor, as one hashable JSON document.
 
-A descriptor (D filters x B bins of per-filter response histograms) is only comparable with descriptors computed under
-the same spec; ``spec_hash`` (SHA-256 of the canonical JSON) is what the index, the service and the client compare.
-Every field takes part in the hash, so changing any parameter (size, bins, a wavelength, one edge, one weight) changes it.
+A descriptor (D filters x B bins of per-filter response histograms) is only comparable with descriptors
+computed under the same spec; ``spec_hash`` (SHA-256 of the canonical JSON) is what the index, the service and
+the client compare. Every field takes part in the hash, so changing any parameter (size, bins, a wavelength,
+one edge, one weight) changes it.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from services.errors import WeightsError
 
-# Conv architectures whose stem is a plain chain of leaf modules (conv -> [bn] -> relu -> [pool] -> conv), so the
-# first two conv layers can be run exactly as in the network without torchvision's forward().
+# Conv architectures whose stem is a plain chain of leaf modules (conv -> [bn] -> relu -> [pool] -> conv), so
+# the first two conv layers can be run exactly as in the network without torchvision's forward().
 CONV_ARCH_PREFIXES = ("alexnet", "vgg", "resnet", "resnext", "wide_resnet")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -29,7 +30,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 def sigma_for_bandwidth(wavelength: float, bandwidth_octaves: float) -> float:
     """Gaussian envelope sigma (px) giving a half-magnitude frequency bandwidth of ``bandwidth_octaves``.
 
-    sigma = lambda / pi * sqrt(ln 2 / 2) * (2^b + 1) / (2^b - 1)  (Petkov & Kruizinga); b = 1 gives 0.5622 * lambda.
+    sigma = lambda / pi * sqrt(ln 2 / 2) * (2^b + 1) / (2^b - 1)  (Petkov & Kruizinga); b = 1 gives 0.5622 *
+    lambda.
     """
     b2 = 2.0**bandwidth_octaves
     return wavelength / math.pi * math.sqrt(math.log(2.0) / 2.0) * (b2 + 1.0) / (b2 - 1.0)
@@ -39,20 +41,26 @@ class GaborParams(BaseModel):
     """A classic texture Gabor bank on the luminance channel.
 
     Choices (all hashed):
-    - ``wavelengths`` (px) 2.5, 5, 10, 20: centre frequencies 0.4, 0.2, 0.1, 0.05 cycles/px, one octave apart, so
-      four 1-octave-bandwidth scales tile 0.05..0.4 cycles/px (DESIGN.md).
+    - ``wavelengths`` (px) 2.5, 5, 10, 20: centre frequencies 0.4, 0.2, 0.1, 0.05 cycles/px, one octave apart,
+      so four 1-octave-bandwidth scales tile 0.05..0.4 cycles/px (DESIGN.md).
     - ``orientations`` = 6: 0, 30, ..., 150 degrees. With an isotropic envelope (``aspect_ratio`` = 1) and
-      1-octave bandwidth the angular half-magnitude bandwidth is about +-18 degrees, so 30-degree steps tile the
-      half-plane with small overlap. theta is the direction of the wave vector (the stripes run perpendicular).
+      1-octave bandwidth the angular half-magnitude bandwidth is about +-18 degrees, so 30-degree steps tile
+      the half-plane with small overlap. theta is the direction of the wave vector (the stripes run
+      perpendicular).
     - ``sigmas``: per wavelength, from the bandwidth (``sigma_for_bandwidth``: 0.5622 * lambda for 1 octave).
     - ``kernel_sizes``: 2 * ceil(3 sigma) + 1 (odd, > 99.7 % of the envelope), capped at ``max_kernel_size``:
       11, 19, 35, 69 px by default. Responses are computed by FFT, so large kernels cost nothing extra.
-    - Each orientation has a real (even, cosine) and an imaginary (odd, sine) kernel: 4 x 6 x 2 = 48 filters. The
-      real kernel has its mean removed (zero DC: flat regions respond 0, brightness does not leak into the texture
-      channels); both are divided by the envelope's sum, so a full-contrast matched grating gives about +-0.5.
+    - Each orientation has a real (even, cosine) and an imaginary (odd, sine) kernel: 4 x 6 x 2 = 48 filters.
+      The real kernel has its mean removed (zero DC: flat regions respond 0, brightness does not leak into the
+      texture channels); both are divided by the envelope's sum, so a full-contrast matched grating gives
+      about +-0.5.
     - ``luma``: ITU-R BT.601 weights; luminance in [0, 1].
     - ``padding`` = "reflect": 'same'-size responses for every pixel, the image mirrored about its edge pixels
       (torch ``reflect`` = scipy ``mirror``); responses are true convolutions (kernel flipped).
+    - ``zero_below`` = 1e-5: responses with |v| <= zero_below are set to exactly 0. Flat regions respond 0 in
+      exact arithmetic but +-1e-7 in float32 FFT; as the middle edges of these symmetric distributions sit
+      near 0, such round-off would scatter every flat pixel across two bins differently on CPU, CUDA or a
+      direct convolution. One grey level (1/255) gives responses ~1e-3, so real texture is never touched.
     - Filter order: scale-major, then orientation, then (real, imag): index = (s * O + o) * 2 + part.
     """
 
@@ -62,12 +70,15 @@ class GaborParams(BaseModel):
     orientations: int = Field(6, ge=1, le=64)
     bandwidth_octaves: float = Field(1.0, gt=0.0, le=4.0)
     aspect_ratio: float = Field(1.0, gt=0.0, le=4.0, description="Envelope sigma across / along the stripes.")
-    sigmas: list[float] | None = Field(None, description="Per wavelength; derived from the bandwidth when omitted.")
+    sigmas: list[float] | None = Field(
+        None, description="Per wavelength; derived from the bandwidth when omitted."
+    )
     kernel_sizes: list[int] | None = Field(None, description="Per wavelength, odd; derived when omitted.")
     max_kernel_size: int = Field(101, ge=3)
     luma: tuple[float, float, float] = (0.299, 0.587, 0.114)
     padding: Literal["reflect"] = "reflect"
     zero_mean: bool = True
+    zero_below: float = Field(1e-5, ge=0.0, description="|response| <= this is set to exactly 0.")
 
     @model_validator(mode="after")
     def _derive(self) -> GaborParams:
@@ -94,7 +105,8 @@ class GaborParams(BaseModel):
 
 
 class ConvParams(BaseModel):
-    """First (and optionally second) conv layer of a torchvision CNN with local weights, pre-activation responses."""
+    """First (and optionally second) conv layer of a torchvision CNN with local weights, pre-activation
+    responses."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -108,12 +120,15 @@ class ConvParams(BaseModel):
     @model_validator(mode="after")
     def _known_arch(self) -> ConvParams:
         if not self.arch.startswith(CONV_ARCH_PREFIXES):
-            raise ValueError(f"conv arch {self.arch!r} not supported; use one of {', '.join(CONV_ARCH_PREFIXES)}*")
+            raise ValueError(
+                f"conv arch {self.arch!r} not supported; use one of {', '.join(CONV_ARCH_PREFIXES)}*"
+            )
         return self
 
 
 class DescriptorSpec(BaseModel):
-    """Bank parameters, image size, bins, fitted edges and filter weights of a descriptor (see module docstring)."""
+    """Bank parameters, image size, bins, fitted edges and filter weights of a descriptor (see module
+    docstring)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -123,17 +138,25 @@ class DescriptorSpec(BaseModel):
     bins: int = Field(16, ge=2, le=1024)
     gabor: GaborParams | None = None
     conv: ConvParams | None = None
-    layer_sizes: list[int] = Field(..., min_length=1, description="Filters per layer, e.g. [48] or [64, 192].")
-    edges: list[list[float]] | None = Field(None, description="D x (bins - 1) inner edges; None until fitted.")
+    layer_sizes: list[int] = Field(
+        ..., min_length=1, description="Filters per layer, e.g. [48] or [64, 192]."
+    )
+    edges: list[list[float]] | None = Field(
+        None, description="D x (bins - 1) inner edges; None until fitted."
+    )
     weights: list[float] = Field(..., description="D filter weights, w_h = 1 / (L * filters in h's layer).")
     default_metric: str = "js"
 
     @model_validator(mode="after")
     def _consistent(self) -> DescriptorSpec:
-        if (self.bank == "gabor") != (self.gabor is not None) or (self.bank == "conv") != (self.conv is not None):
+        if (self.bank == "gabor") != (self.gabor is not None) or (self.bank == "conv") != (
+            self.conv is not None
+        ):
             raise ValueError(f"bank {self.bank!r} needs exactly its own parameter block ({self.bank}: ...)")
         if self.gabor is not None and self.layer_sizes != [self.gabor.n_filters]:
-            raise ValueError(f"gabor bank has {self.gabor.n_filters} filters, layer_sizes says {self.layer_sizes}")
+            raise ValueError(
+                f"gabor bank has {self.gabor.n_filters} filters, layer_sizes says {self.layer_sizes}"
+            )
         if self.conv is not None and len(self.layer_sizes) != self.conv.layers:
             raise ValueError(f"conv bank with {self.conv.layers} layer(s) needs as many layer_sizes")
         if any(n < 1 for n in self.layer_sizes):
@@ -157,8 +180,10 @@ class DescriptorSpec(BaseModel):
         return sum(self.layer_sizes)
 
     def canonical_json(self) -> str:
-        """Sorted keys, no whitespace; floats as Python's shortest round-trip repr (stable across save/load)."""
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), allow_nan=False)
+        """Sorted keys, no whitespace; floats as Python's shortest round-trip repr (stable on save/load)."""
+        return json.dumps(
+            self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), allow_nan=False
+        )
 
     @property
     def spec_hash(self) -> str:
@@ -200,8 +225,9 @@ def gabor_spec(size: int = 224, bins: int = 16, params: GaborParams | None = Non
     """The default Gabor spec (no edges yet)."""
     params = params or GaborParams()
     sizes = [params.n_filters]
-    return DescriptorSpec(bank="gabor", size=size, bins=bins, gabor=params, layer_sizes=sizes,
-                          weights=layer_weights(sizes))
+    return DescriptorSpec(
+        bank="gabor", size=size, bins=bins, gabor=params, layer_sizes=sizes, weights=layer_weights(sizes)
+    )
 
 
 def file_sha256(path: str | Path) -> str:
@@ -213,7 +239,7 @@ def file_sha256(path: str | Path) -> str:
 
 
 def load_state_dict(path: str | Path) -> dict[str, Any]:
-    """A plain state dict, or one under a "state_dict"/"model" key (DataParallel "module." prefixes stripped)."""
+    """A plain state dict, or one under a "state_dict"/"model" key ("module." prefixes stripped)."""
     import torch
 
     path = Path(path)
@@ -231,16 +257,23 @@ def load_state_dict(path: str | Path) -> dict[str, Any]:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
-def conv_spec(weights_path: str | Path, arch: str = "alexnet", layers: int = 1, size: int = 224,
-              bins: int = 16) -> DescriptorSpec:
+def conv_spec(
+    weights_path: str | Path, arch: str = "alexnet", layers: int = 1, size: int = 224, bins: int = 16
+) -> DescriptorSpec:
     """A conv spec from a local weights file: records its sha256 and the filter counts of the used layers."""
     from services.filters import conv_stem  # torchvision is only needed for conv specs
 
-    params = ConvParams(arch=arch, layers=layers, weights_sha256=file_sha256(weights_path)) if Path(
-        weights_path).is_file() else None
+    params = (
+        ConvParams(arch=arch, layers=layers, weights_sha256=file_sha256(weights_path))
+        if Path(weights_path).is_file()
+        else None
+    )
     if params is None:
-        raise WeightsError(f"conv weights file not found: {weights_path} (the conv bank never uses random filters)")
+        raise WeightsError(
+            f"conv weights file not found: {weights_path} (the conv bank never uses random filters)"
+        )
     stem = conv_stem(arch, layers, load_state_dict(weights_path))
     sizes = stem.layer_sizes
-    return DescriptorSpec(bank="conv", size=size, bins=bins, conv=params, layer_sizes=sizes,
-                          weights=layer_weights(sizes))
+    return DescriptorSpec(
+        bank="conv", size=size, bins=bins, conv=params, layer_sizes=sizes, weights=layer_weights(sizes)
+    )

@@ -18,11 +18,11 @@ from trainer.config import RunConfig
 from trainer.run import run
 
 ROWS = (
-    ("none", {"source_mode": "none"}),
-    ("all", {"source_mode": "all"}),
-    ("random", {"source_mode": "random"}),
+    ("none", {"source_mode": "none", "adaptive": True}),
+    ("all", {"source_mode": "all", "adaptive": True}),
+    ("random", {"source_mode": "random", "adaptive": True}),
     ("selective --no-adaptive", {"source_mode": "selective", "adaptive": False}),
-    ("selective", {"source_mode": "selective"}),
+    ("selective", {"source_mode": "selective", "adaptive": True}),
 )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 SOURCE_MODES = ("selective", "random", "all", "none")
@@ -51,7 +51,6 @@ class RunConfig:
     retries: int = 5
     backoff: float = 0.5
     resume: bool = False
-    extra: dict = field(default_factory=dict)
 
     def validate(self) -> RunConfig:
         """Raises ConfigError naming the first bad field."""

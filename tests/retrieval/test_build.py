@@ -161,3 +161,14 @@ def test_invalid_build_settings_raise_build_error(corpus_dir, tmp_path):
     with pytest.raises(BuildError, match="conv"):
         build_index(corpus_dir[0], tmp_path / "x", bank="conv", conv_weights=tmp_path / "none.pt", **SMALL)
     assert not (tmp_path / "x").exists()
+
+
+def test_partial_killed_after_its_commit_point_is_just_renamed(built, corpus_dir, tmp_path):
+    import shutil
+
+    out = tmp_path / "idx"
+    shutil.copytree(built, Path(f"{out}.partial"))  # index.json written, scratch files gone, not yet renamed
+    report = build_index(corpus_dir[0], out, **SMALL)
+    assert report.size == N_GOOD and not Path(f"{out}.partial").exists()
+    assert (out / "histograms.f16").read_bytes() == (built / "histograms.f16").read_bytes()
+    assert (out / "index.json").read_bytes() == (built / "index.json").read_bytes()  # not rebuilt

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -12,7 +14,7 @@ import pytest
 import redis
 
 from tests.conftest import free_port
-from tests.retrieval.live_server import build_test_index, live_server, shared_index_root, wait_ready
+from tests.retrieval.live_server import REPO, build_test_index, live_server, shared_index_root, wait_ready
 
 LIMIT = 12
 TOKEN_A, TOKEN_B = "token-a-" + uuid.uuid4().hex[:6], "token-b-" + uuid.uuid4().hex[:6]
@@ -131,3 +133,33 @@ def test_redis_outage_and_recovery(server, redis_port):
     text = log.read_text()
     assert text.count("is unreachable") == 1, text[-3000:]  # the outage is logged once, not per request
     assert "reachable again" in text and "Traceback" not in text
+
+
+def test_unloadable_index_is_503_not_a_crash(tmp_path):
+    """A broken index: the process stays up, /healthz answers, /readyz and /v1 say 503 with the reason."""
+    (tmp_path / "index.json").write_text("{not json")
+    port = free_port()
+    log = tmp_path / "server.log"
+    cmd = [sys.executable, "-m", "retrieval_service", "serve", "--index", str(tmp_path), "--port", str(port)]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "REDIS_URL": ""}, stdout=out, stderr=out)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        ready = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                ready = httpx.get(url + "/readyz", timeout=2)
+                if "cannot load" in ready.text:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)  # between readiness probes, bounded by the deadline
+        assert ready is not None and ready.status_code == 503, log.read_text()
+        assert ready.json()["status"] == "not_ready" and "index.json" in ready.json()["reason"]
+        assert httpx.get(url + "/healthz").status_code == 200
+        r = httpx.get(url + "/v1/index")
+        assert r.status_code == 503 and r.json()["error"]["code"] == "not_ready"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

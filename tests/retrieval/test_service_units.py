@@ -14,7 +14,7 @@ from retrieval_service.jobs import JobRegistry
 from retrieval_service.ratelimit import RateLimiter
 from retrieval_service.redis_state import RedisState
 from retrieval_service.settings import Settings
-from retrieval_service.stream import stream_tar
+from retrieval_service.stream import stream_tar, tar_header
 from services.schemas import JobCreate, JobEvent
 from tests.conftest import free_port
 
@@ -120,3 +120,10 @@ def test_stream_tar_members_in_order_and_bytes_equal():
     with tarfile.open(fileobj=io.BytesIO(blob), mode="r|") as tar:
         got = [(m.name, tar.extractfile(m).read()) for m in tar]
     assert got == [("9.png", b""), ("7.png", files[7]), ("2.jpg", files[2]), ("7.png", files[7])]
+
+
+@pytest.mark.parametrize("name,size", [("0", 0), ("17.png", 2520), ("123456789.jpeg", 10**9)])
+def test_tar_header_matches_tarfile(name, size):
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = size, 0o644, 0
+    assert tar_header(name, size) == info.tobuf(format=tarfile.USTAR_FORMAT)

@@ -10,22 +10,28 @@ import torch
 from PIL import Image
 
 from services.errors import DescriptorError
-from services.extract import DescriptorExtractor, _Reservoir, bin_counts, fit_edges, make_spec, resolve_device
-from services.histogram import EdgeBinner
+from services.extract import DescriptorExtractor, _Reservoir, fit_edges, make_spec, resolve_device
+from services.spec import GaborParams, gabor_spec
 from tests.imagegen import TEXTURE_KINDS, texture, to_rgb
 
 SIZE = 32
 
 
-def textures(n: int, seed: int = 0, size: int = SIZE) -> np.ndarray:
+# Textures without flat regions: flat pixels all respond exactly 0 (zero_below), a tie no edge can split.
+SMOOTH_KINDS = ("stripes", "noise", "rings", "blobs")
+
+
+def textures(n: int, seed: int = 0, size: int = SIZE, kinds: tuple[str, ...] = SMOOTH_KINDS) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    kinds = [TEXTURE_KINDS[i % len(TEXTURE_KINDS)] for i in range(n)]
+    kinds = [kinds[i % len(kinds)] for i in range(n)]
     return np.stack([to_rgb(texture(k, size, rng, rng.uniform(3, 8)), rng) for k in kinds])  # (n, S, S, 3)
 
 
 @pytest.fixture(scope="module")
 def fitted():
-    spec = make_spec("gabor", size=SIZE, bins=8)
+    # zero_below=0: no exact ties at 0 (see test_flat_regions_...), so quantile edges can split every bin
+    # exactly.
+    spec = gabor_spec(size=SIZE, bins=8, params=GaborParams(zero_below=0.0))
     sample = textures(12)
     edges = fit_edges(DescriptorExtractor(spec, device="cpu"), [sample[:5], sample[5:]], bins=8)
     return DescriptorExtractor(spec.with_edges(edges), device="cpu", chunk_size=3), sample
@@ -36,9 +42,14 @@ def test_histograms_shape_sum_and_exact_binning(fitted):
     hist = extractor.histograms(sample)
     assert hist.shape == (12, 48, 8) and hist.dtype == np.float32
     np.testing.assert_allclose(hist.sum(-1), 1.0, atol=1e-6)
-    responses = extractor.responses(sample)[0].flatten(2)  # (N, D, M)
-    ref = bin_counts(responses, torch.from_numpy(extractor.spec.edges_array())).numpy() / responses.shape[2]
-    np.testing.assert_array_equal(hist, ref.astype(np.float32))
+    responses = extractor.responses(sample)[0].flatten(2).numpy()  # (N, D, M)
+    edges = extractor.spec.edges_array()
+    ref = np.empty_like(hist)
+    for i in range(responses.shape[0]):  # slow numpy reference: bin b holds e_b <= v < e_{b+1}
+        for f in range(responses.shape[1]):
+            bins = np.concatenate([[-np.inf], edges[f], [np.inf]])
+            ref[i, f] = np.histogram(responses[i, f], bins=bins)[0] / responses.shape[2]
+    np.testing.assert_array_equal(hist, ref)
 
 
 def test_same_image_same_descriptor_alone_or_in_any_batch(fitted):
@@ -69,22 +80,6 @@ def test_out_of_range_values_fall_into_the_end_bins(fitted):
     assert hist[0, 0] + hist[0, -1] > 0.5  # finest real filter at 0 deg
 
 
-def test_edge_binner_is_exact_for_ties_values_on_edges_and_crowded_edges():
-    rng = np.random.default_rng(5)
-    edges = np.sort(rng.normal(size=(6, 9)).astype(np.float32), axis=1)
-    edges[2] = np.float32(0.25) + np.arange(9, dtype=np.float32) * np.float32(1e-7)  # many edges in one cell
-    edges[3] = np.linspace(-1, 1, 9, dtype=np.float32)
-    for j in range(1, 9):
-        edges[:, j] = np.maximum(edges[:, j], np.nextafter(edges[:, j - 1], np.float32(np.inf)))
-    values = rng.normal(size=(3, 6, 500)).astype(np.float32) * 2
-    values[:, :, :9] = edges[None]  # exactly on the edges
-    values[:, :, 9:18] = np.nextafter(edges, np.float32(-np.inf))[None]  # one ulp below
-    values[0, 1, 20:] = 0.0  # a constant block
-    e, v = torch.from_numpy(edges), torch.from_numpy(values)
-    got = EdgeBinner(e).counts(v, torch.arange(6).view(1, 6, 1))
-    assert torch.equal(got, bin_counts(v, e))
-
-
 def test_histograms_need_edges_but_responses_do_not():
     extractor = DescriptorExtractor(make_spec("gabor", size=SIZE, bins=4), device="cpu")
     assert extractor.responses(textures(2))[0].shape == (2, 48, SIZE, SIZE)
@@ -112,13 +107,15 @@ def test_reservoir_is_bounded_uniform_and_without_replacement():
     sample = reservoir.sample()
     assert sample.shape == (2, 500) and reservoir.values.shape == (2, 500)
     assert len(np.unique(sample[0])) == 500 and np.array_equal(sample[1], -sample[0])
-    assert abs(sample[0].mean() - total / 2) < 0.1 * total  # uniform over everything seen, not the first chunk
+    assert (
+        abs(sample[0].mean() - total / 2) < 0.1 * total
+    )  # uniform over everything seen, not the first chunk
     assert (sample[0] >= 15_000).mean() == pytest.approx(0.25, abs=0.07)
 
 
 def test_small_reservoir_edges_approximate_full_edges(fitted):
     extractor, sample = fitted
-    plain = DescriptorExtractor(make_spec("gabor", size=SIZE, bins=8), device="cpu")
+    plain = DescriptorExtractor(extractor.spec.model_copy(update={"edges": None}), device="cpu")
     small = fit_edges(plain, [sample], bins=8, max_values_per_filter=2_000, seed=1)
     mass = DescriptorExtractor(plain.spec.with_edges(small), device="cpu").histograms(sample).mean(0)
     np.testing.assert_allclose(mass, 1 / 8, atol=0.03)
@@ -136,6 +133,20 @@ def test_conv_histograms_two_layers(resnet18_weights):
     np.testing.assert_allclose(hist.mean(0), 0.25, atol=0.02)
 
 
+def test_flat_regions_are_one_tie_and_rows_still_sum_to_one():
+    spec = make_spec("gabor", size=SIZE, bins=8)
+    sample = textures(6, kinds=TEXTURE_KINDS)  # checker and dots have flat areas
+    plain = DescriptorExtractor(spec, device="cpu")
+    zeros = (plain.responses(sample)[0] == 0).float().mean().item()
+    raw = DescriptorExtractor(gabor_spec(size=SIZE, bins=8, params=GaborParams(zero_below=0.0)), device="cpu")
+    raw_zeros = (raw.responses(sample)[0] == 0).float().mean().item()
+    assert zeros > 0.01 and zeros > 5 * raw_zeros, "flat regions respond exactly 0, not +-round-off"
+    hist = DescriptorExtractor(spec.with_edges(fit_edges(plain, [sample], 8)), device="cpu").histograms(
+        sample
+    )
+    np.testing.assert_allclose(hist.sum(-1), 1.0, atol=1e-6)
+
+
 def test_histograms_from_files(fitted, tmp_path):
     extractor, sample = fitted
     sources = []
@@ -145,7 +156,9 @@ def test_histograms_from_files(fitted, tmp_path):
         sources.append(buf.getvalue() if i % 2 else tmp_path / f"{i}.png")
         if not i % 2:
             sources[-1].write_bytes(buf.getvalue())
-    np.testing.assert_array_equal(extractor.histograms_from_files(sources, workers=2), extractor.histograms(sample[:3]))
+    np.testing.assert_array_equal(
+        extractor.histograms_from_files(sources, workers=2), extractor.histograms(sample[:3])
+    )
 
 
 def test_resolve_device():

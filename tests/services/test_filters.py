@@ -34,7 +34,9 @@ def test_gabor_fft_equals_direct_mirror_convolution(size):
 
 def test_kernels_are_zero_mean_and_even_odd():
     for per_scale in gabor_kernels(gabor_spec().gabor):
-        assert torch.allclose(per_scale.sum(dim=(-1, -2)), torch.zeros(per_scale.shape[0], dtype=per_scale.dtype), atol=1e-9)
+        assert torch.allclose(
+            per_scale.sum(dim=(-1, -2)), torch.zeros(per_scale.shape[0], dtype=per_scale.dtype), atol=1e-9
+        )
         real, imag = per_scale[0::2], per_scale[1::2]
         assert torch.allclose(real, real.flip(-1, -2)) and torch.allclose(imag, -imag.flip(-1, -2))
 

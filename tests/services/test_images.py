@@ -1,4 +1,5 @@
-"""load_image: every common mode to uint8 RGB, deterministic geometry, typed errors, bombs refused undecoded."""
+"""load_image: every common mode to uint8 RGB, deterministic geometry, typed errors, bombs refused
+undecoded."""
 
 from __future__ import annotations
 
@@ -33,7 +34,12 @@ def png_header_only(width: int, height: int) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0\0")) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0\0"))
+        + chunk(b"IEND", b"")
+    )
 
 
 @pytest.mark.parametrize(

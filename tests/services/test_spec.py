@@ -53,9 +53,13 @@ def test_canonical_json_is_sorted_compact_and_round_trips(tmp_path):
         lambda d: d.update(size=d["size"] + 1),
         lambda d: d.update(bins=5, edges=[row + [2.0] for row in d["edges"]]),
         lambda d: d["gabor"].update(wavelengths=[2.5, 5.0, 10.0, 21.0], sigmas=None, kernel_sizes=None),
-        lambda d: d["gabor"].update(orientations=5) or d.update(layer_sizes=[40], weights=[1 / 40] * 40,
-                                                                edges=d["edges"][:40]),
-        lambda d: d["edges"][7].__setitem__(1, float(np.nextafter(np.float32(d["edges"][7][1]), np.float32(1)))),
+        lambda d: (
+            d["gabor"].update(orientations=5)
+            or d.update(layer_sizes=[40], weights=[1 / 40] * 40, edges=d["edges"][:40])
+        ),
+        lambda d: d["edges"][7].__setitem__(
+            1, float(np.nextafter(np.float32(d["edges"][7][1]), np.float32(1)))
+        ),
         lambda d: d["weights"].__setitem__(0, d["weights"][0] * 2),
         lambda d: d.update(default_metric="skl"),
     ],

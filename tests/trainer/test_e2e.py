@@ -15,6 +15,7 @@ import pytest
 from services.client import RetrievalClient
 from tests.conftest import free_port
 from tests.retrieval.live_server import REPO, live_server
+from trainer.cli import main
 
 from .conftest import TRAINER_ENV, run_trainer, start_trainer, trainer_cmd, wait_for_line
 
@@ -40,6 +41,9 @@ def test_two_rounds_write_metrics_curves_and_report_the_job(reference: Path, ser
     assert rows[0]["k_mean"] == 2 and rows[1]["sources_in_use"] >= rows[0]["sources_in_use"] > 0
     assert all(0 <= r["mean_class_acc"] <= 1 for r in rows)
     assert (reference / "curves.png").stat().st_size > 1000
+    # Every selected source image sits in the cache exactly once (one ref per id, content-addressed objects).
+    refs = [p for p in (reference.parent / "cache" / "refs").rglob("*") if p.is_file()]
+    assert len(refs) == rows[-1]["sources_in_use"]
     with RetrievalClient(service) as client:
         jobs = [j for j in client.list_jobs() if j.target and j.config.get("out") == str(reference)]
     assert len(jobs) == 1 and jobs[0].status == "finished" and jobs[0].rounds == 2
@@ -76,20 +80,12 @@ def test_service_restart_mid_run_is_survived(reference, index_dir, small_target,
     assert metrics(tmp_path / "run") == metrics(reference)
 
 
-def test_service_gone_exits_1_saying_how_to_resume(small_target, tmp_path: Path):
-    cmd = trainer_cmd(
-        small_target,
-        f"http://127.0.0.1:{free_port()}",
-        tmp_path / "run",
-        tmp_path / "cache",
-        "--retries",
-        "1",
-        "--backoff",
-        "0.05",
-    )
-    done = run_trainer(cmd)
-    assert done.returncode == 1
-    assert "--resume" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+def test_service_gone_exits_1_saying_how_to_resume(small_target, tmp_path: Path, capsys):
+    cmd = trainer_cmd(small_target, f"http://127.0.0.1:{free_port()}", tmp_path / "run", tmp_path / "cache",
+                      "--retries", "1", "--backoff", "0.05")
+    assert main(cmd[3:]) == 1  # in-process: the same CLI without a second torch import
+    err = capsys.readouterr().err
+    assert "--resume" in err and len(err.strip().splitlines()) == 1
 
 
 def test_ddp_two_cpu_processes(service, small_target, tmp_path: Path):
