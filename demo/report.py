@@ -131,8 +131,9 @@ def plot(out_png: Path, runs: dict[str, list[dict]], fractions: list[MatchingFra
     ax_match.bar([x + 0.2 for x in xs], [first.random_per_class[c] for c in classes], width=0.4,
                  label="random (expected)")
     ax_match.set_xticks(list(xs), classes, rotation=30)
-    ax_match.set(ylim=(0, 1), ylabel="share from matching source classes", title="What retrieval picks")
-    ax_match.legend()
+    ax_match.set(ylim=(0, 1.2), ylabel="share from matching source classes", title="What retrieval picks")
+    ax_match.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    ax_match.legend(loc="upper center", ncol=2)
     fig.tight_layout()
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, dpi=110)

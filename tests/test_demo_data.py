@@ -84,14 +84,15 @@ def test_matching_source_classes_are_nearest_by_descriptor(tmp_path):
     assert np.mean(hits) >= 0.7, f"only {np.mean(hits):.2f} of the {k} nearest come from matching classes"
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.slow  # about 1-1.5 min on 2 idle cores (78 s of CPU measured); minutes under heavy load
+@pytest.mark.timeout(420)
 def test_quick_demo_end_to_end(tmp_path, redis_url):
     """``python -m demo --quick``: every step runs, the report is written, and nothing is left running."""
     out = tmp_path / "demo_out"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     argv = [sys.executable, "-m", "demo", "--quick", "--out", str(out), "--redis-url", redis_url]
     proc = subprocess.run(argv,
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=230)
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["runs"]) == {"selective", "random"}
