@@ -27,7 +27,9 @@ class Query(BaseModel):
     descriptor: list[list[float]] | list[float] | None = Field(
         None, description="Histograms computed under the index's spec: D rows of B values (or D*B flat)."
     )
-    spec_hash: str | None = Field(None, description="spec_hash the descriptor was computed under; required with it.")
+    spec_hash: str | None = Field(
+        None, description="spec_hash the descriptor was computed under; required with it."
+    )
     source_id: int | None = Field(None, ge=0, description="Use the stored descriptor of this source image.")
     k: int | None = Field(None, ge=1, le=K_MAX, description="Overrides the request's k for this query.")
     offset: int | None = Field(None, ge=0, description="Overrides the request's offset for this query.")
@@ -37,7 +39,8 @@ class Query(BaseModel):
         given = [name for name in ("image_b64", "descriptor", "source_id") if getattr(self, name) is not None]
         if len(given) != 1:
             raise ValueError(
-                f"query {self.id!r} must carry exactly one of image_b64, descriptor, source_id (got {given or 'none'})"
+                f"query {self.id!r} must carry exactly one of image_b64, descriptor, source_id "
+                f"(got {given or 'none'})"
             )
         if self.descriptor is not None and not self.spec_hash:
             raise ValueError(f"query {self.id!r}: a descriptor needs the spec_hash it was computed under")
@@ -51,7 +54,9 @@ class NeighborsRequest(BaseModel):
 
     queries: list[Query] = Field(..., min_length=1, max_length=QUERIES_MAX, description="The queries.")
     k: int = Field(10, ge=1, le=K_MAX, description="Neighbours per query.")
-    offset: int = Field(0, ge=0, description="Skip this many of the best neighbours (for incremental windows).")
+    offset: int = Field(
+        0, ge=0, description="Skip this many of the best neighbours (for incremental windows)."
+    )
     metric: Metric = Field("js", description="js (weighted Jensen-Shannon) or skl (weighted symmetric KL).")
     exact: bool = Field(False, description="Full scan with the divergence instead of the two-stage search.")
     exclude_source_ids: list[int] = Field(
@@ -109,7 +114,9 @@ class DescriptorResponse(BaseModel):
 class StreamRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    ids: list[int] = Field(..., min_length=1, description="Source ids, streamed as tar members in this order.")
+    ids: list[int] = Field(
+        ..., min_length=1, description="Source ids, streamed as tar members in this order."
+    )
 
 
 JobStatus = Literal["registered", "running", "finished", "failed", "cancelled"]
@@ -119,17 +126,23 @@ class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(..., min_length=1, max_length=200, description="Human-readable job name.")
-    target: str | None = Field(None, max_length=1000, description="Where the target set lives (informational).")
+    target: str | None = Field(
+        None, max_length=1000, description="Where the target set lives (informational)."
+    )
     config: dict[str, Any] = Field(default_factory=dict, description="The trainer's configuration.")
 
 
 class JobEvent(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    type: Literal["round", "status", "log"] = Field(..., description="round: metrics of a round; status: change.")
+    type: Literal["round", "status", "log"] = Field(
+        ..., description="round: metrics of a round; status: change."
+    )
     round: int | None = Field(None, ge=0, description="Round number for round events.")
     status: JobStatus | None = Field(None, description="New status for status events.")
-    metrics: dict[str, Any] = Field(default_factory=dict, description="Round metrics (accuracy, losses, K stats).")
+    metrics: dict[str, Any] = Field(
+        default_factory=dict, description="Round metrics (accuracy, losses, K stats)."
+    )
     message: str | None = Field(None, max_length=10_000, description="Free text.")
 
 

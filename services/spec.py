@@ -37,6 +37,16 @@ def sigma_for_bandwidth(wavelength: float, bandwidth_octaves: float) -> float:
     return wavelength / math.pi * math.sqrt(math.log(2.0) / 2.0) * (b2 + 1.0) / (b2 - 1.0)
 
 
+def decimation_for(wavelength: float, sigma: float, aspect_ratio: float = 1.0, max_factor: int = 8) -> int:
+    """Largest power-of-two grid spacing d <= max_factor with Nyquist 1/(2d) >= f0 + 4 sigma_f (see
+    ``GaborParams.decimation``); sigma_f uses the envelope's narrower axis (the wider spectrum)."""
+    reach = 1.0 / wavelength + 4.0 * max(1.0, aspect_ratio) / (2.0 * math.pi * sigma)  # cycles/px
+    factor = 1
+    while 2 * factor <= max_factor and 1.0 / (2.0 * (2 * factor)) >= reach:
+        factor *= 2
+    return factor
+
+
 class GaborParams(BaseModel):
     """A classic texture Gabor bank on the luminance channel.
 
@@ -62,6 +72,16 @@ class GaborParams(BaseModel):
       near 0, such round-off would scatter every flat pixel across two bins differently on CPU, CUDA or a
       direct convolution. One grey level (1/255) gives responses ~1e-3, so real texture is never touched.
     - Filter order: scale-major, then orientation, then (real, imag): index = (s * O + o) * 2 + part.
+    - ``decimation``: per scale, the spacing d (px) of the grid on which that scale's responses are
+      HISTOGRAMMED (``responses`` are always per pixel). A Gabor of centre frequency f0 = 1/lambda has
+      frequency-domain sigma sigma_f = 1/(2 pi sigma) (times the aspect ratio across the stripes); beyond
+      f0 + 4 sigma_f per axis its gain is < e^-8 = 3e-4 of the peak, so the response is band-limited and its
+      samples on a d-px grid (Nyquist 1/(2d) >= f0 + 4 sigma_f) carry the same distribution as every pixel.
+      The bank then computes those samples directly, by an inverse FFT d^2 times smaller of the central
+      band of the spectrum. Derived when omitted (``decimation_for``): the largest power of two allowed,
+      capped at 8 -> [1, 1, 2, 4] by default (grids of 224^2, 224^2, 112^2 and 56^2 samples at 224 px).
+      [1] * scales gives exact per-pixel histograms. The grid is centred in the image (offset
+      ``(S - 1 - d * (ceil(S / d) - 1)) // 2``).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -79,6 +99,10 @@ class GaborParams(BaseModel):
     padding: Literal["reflect"] = "reflect"
     zero_mean: bool = True
     zero_below: float = Field(1e-5, ge=0.0, description="|response| <= this is set to exactly 0.")
+    decimation: list[int] | None = Field(
+        None,
+        description="Per wavelength, histogram grid spacing in px (1 = every pixel); derived when omitted.",
+    )
 
     @model_validator(mode="after")
     def _derive(self) -> GaborParams:
@@ -91,8 +115,19 @@ class GaborParams(BaseModel):
             # The envelope's longest sigma (along the stripes) decides the support.
             longest = [s / min(self.aspect_ratio, 1.0) for s in self.sigmas]
             self.kernel_sizes = [min(2 * math.ceil(3.0 * s) + 1, cap) for s in longest]
-        if len(self.sigmas) != len(self.wavelengths) or len(self.kernel_sizes) != len(self.wavelengths):
-            raise ValueError("sigmas and kernel_sizes need one entry per wavelength")
+        if self.decimation is None:
+            self.decimation = [
+                decimation_for(w, s, self.aspect_ratio)
+                for w, s in zip(self.wavelengths, self.sigmas, strict=False)
+            ]
+        if (
+            len(self.sigmas) != len(self.wavelengths)
+            or len(self.kernel_sizes) != len(self.wavelengths)
+            or len(self.decimation) != len(self.wavelengths)
+        ):
+            raise ValueError("sigmas, kernel_sizes and decimation need one entry per wavelength")
+        if any(not 1 <= d <= 16 for d in self.decimation):
+            raise ValueError("decimation factors must be between 1 and 16")
         if any(s <= 0 for s in self.sigmas):
             raise ValueError("sigmas must be positive")
         if any(k < 1 or k % 2 == 0 for k in self.kernel_sizes):

@@ -37,7 +37,10 @@ def texture(kind: str, size: int, rng: np.random.Generator, scale: float = 8.0) 
             img[(x - cx) ** 2 + (y - cy) ** 2 < (scale / 3) ** 2] = 1.0
     elif kind == "noise":
         coarse = rng.random((max(2, int(size / scale)),) * 2)
-        img = np.asarray(Image.fromarray((coarse * 255).astype(np.uint8)).resize((size, size), Image.BICUBIC)) / 255.0
+        img = (
+            np.asarray(Image.fromarray((coarse * 255).astype(np.uint8)).resize((size, size), Image.BICUBIC))
+            / 255.0
+        )
     elif kind == "rings":
         cx, cy = rng.uniform(0, size, 2)
         img = 0.5 + 0.5 * np.sin(2 * math.pi * np.hypot(x - cx, y - cy) / scale)
@@ -81,6 +84,8 @@ def write_image_folder(
         for i in range(per_class):
             rgb = to_rgb(texture(kind, size, rng, scale * rng.uniform(0.8, 1.25)), rng)
             path = folder / f"{name}_{i:04d}.{fmt}"
-            Image.fromarray(rgb).save(path, quality=92) if fmt in ("jpg", "jpeg") else Image.fromarray(rgb).save(path)
+            Image.fromarray(rgb).save(path, quality=92) if fmt in ("jpg", "jpeg") else Image.fromarray(
+                rgb
+            ).save(path)
             written[name].append(path)
     return written

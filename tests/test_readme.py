@@ -6,8 +6,6 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -44,39 +42,18 @@ def curl_calls(block: str) -> list[tuple[str, str]]:
 def readme_service(tmp_path_factory, texture_tree, redis_url):
     """A live service on an index of the test textures: bearer tokens on, Redis on."""
     from retrieval_service.build import build_index
-    from tests.conftest import free_port
+    from tests.retrieval.live_server import live_server
 
-    index_dir = tmp_path_factory.mktemp("readme") / "index"
+    workdir = tmp_path_factory.mktemp("readme")
+    index_dir = workdir / "index"
     build_index(texture_tree, index_dir, size=48, bins=8, workers=0, device="cpu", progress=False)
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "SJFT_API_TOKENS": TOKEN, "REDIS_URL": redis_url,
-           "SJFT_REDIS_PREFIX": f"sjft-test-readme-{port}", "SJFT_LOG_LEVEL": "warning"}
-    proc = subprocess.Popen([sys.executable, "-m", "retrieval_service", "serve", "--index", str(index_dir),
-                             "--host", "127.0.0.1", "--port", str(port)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    try:
-        while True:
-            assert proc.poll() is None, proc.stdout.read().decode(errors="replace")[-3000:]
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "service not ready within 90 s"
-            try:
-                proc.wait(timeout=0.2)  # bounded wait that also notices a crash at once
-            except subprocess.TimeoutExpired:
-                pass
+    env = {
+        "SJFT_API_TOKENS": TOKEN,
+        "SJFT_REDIS_PREFIX": f"sjft-test-readme-{os.getpid()}",
+        "SJFT_LOG_LEVEL": "warning",
+    }
+    with live_server(index_dir, workdir / "server.log", redis_url=redis_url, env=env) as base:
         yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def test_readme_has_curl_examples_that_fail_on_http_errors():
@@ -112,8 +89,9 @@ def test_readme_curl_examples_run_against_a_live_service(readme_service, texture
     for i, block in enumerate(blocks):
         script += [f"echo '@@ block {i}' >&2", block]
     env = {**os.environ, "BASE": readme_service, "TOKEN": TOKEN, "IMG": str(image)}
-    proc = subprocess.run(["bash", "-c", "\n".join(script)], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        ["bash", "-c", "\n".join(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
     failed = re.findall(r"@@ block (\d+)", proc.stderr)
     assert proc.returncode == 0, (
         f"README block {failed[-1] if failed else '?'} failed (exit {proc.returncode}):\n"

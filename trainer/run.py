@@ -40,6 +40,16 @@ class Reporter:
         except ServiceError as exc:
             print(f"warning: job event not recorded: {exc}", file=sys.stderr)
 
+    def failed(self, exc: BaseException) -> None:
+        """Best effort: mark the job failed; no error of this call may mask the run's own."""
+        if isinstance(exc, ServiceUnavailableError):
+            return  # the service is gone: retrying here would only delay the resume hint
+        message = f"{type(exc).__name__}: {exc}"[:2000]
+        try:
+            self.event(JobEvent(type="status", status="failed", message=message))
+        except (ServiceError, ServiceUnavailableError):
+            pass
+
 
 def _queries(
     cfg: RunConfig, client: RetrievalClient, info: IndexInfo, paths: list[str], out: Path
@@ -130,111 +140,116 @@ def run(cfg: RunConfig, d: Dist = Dist()) -> list[dict]:
     model.to(device)
     val_paths, val_labels, train_labels = [p for p, _ in target.val], target.val_labels, target.train_labels
 
-    for rnd in range(start, cfg.rounds):
-        torch.manual_seed(cfg.seed * 1000 + rnd)  # new head rows, dropout
-        if d.is_main:
-            src.prepare_round(state, client, queries, k, cfg.metric, cfg.seed, rnd)
-        state = d.broadcast(state)
-        plan = draw_plan(
-            sampling_weights(k, cfg.k0),
-            cfg.epochs_per_round,
-            src.picker(state, k),
-            src.seeded(cfg.seed, rnd, 0),
-        )
-        if d.is_main and uses_service:
-            needed = src.needed_ids(state, k, plan.source)
-            if cfg.source_mode == "all":
-                unknown = [s for s in needed if s not in state.labels]
-                state.labels.update(src.source_labels(client, unknown, cfg.metric) if unknown else {})
-            download(
-                client, needed, cache, workers=cfg.fetch_workers, retries=cfg.retries, backoff=cfg.backoff
-            )
-        state = d.broadcast(state)
-        d.barrier()  # the other ranks read the images rank 0 just cached
-        used_labels = sorted({state.label(s) for s in set(plan.source.tolist()) if s >= 0})
-        for label in used_labels:
-            source_class.setdefault(label, len(source_class))
-        model.resize_source_head(len(source_class))
-        row_of = {s: source_class[state.label(s)] for s in set(plan.source.tolist()) if s >= 0}
-
-        net = d.wrap(model, device)
-        optimizer = torch.optim.SGD(
-            model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-        )
-        step = cfg.lr_step_epochs or max(1, (2 * cfg.epochs_per_round) // 3)
-        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=step, gamma=cfg.lr_gamma)
-        scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
-        n = len(train_paths)
-        for epoch in range(cfg.epochs_per_round):
-            part = plan.slice(epoch * n, (epoch + 1) * n).shard(d.rank, d.world)
-            stats = train_epoch(
-                net,
-                part,
-                train_paths,
-                train_labels,
-                lambda s: str(cache.path(s)),
-                row_of,
-                store,
-                optimizer,
-                scaler,
-                device,
-                cfg.batch_size,
-            )
-            scheduler.step()
+    try:
+        for rnd in range(start, cfg.rounds):
+            torch.manual_seed(cfg.seed * 1000 + rnd)  # new head rows, dropout
             if d.is_main:
-                print(
-                    f"round {rnd} epoch {epoch + 1}/{cfg.epochs_per_round} loss={stats.loss:.4f} "
-                    f"{stats.images_per_s:.1f} img/s",
-                    flush=True,
-                )
-
-        if d.is_main:
-            probs_val = predict(model, val_paths, store, device, cfg.batch_size)
-            probs_train = predict(model, train_paths, store, device, cfg.batch_size)
-        result = d.broadcast((probs_val, probs_train) if d.is_main else None)
-        probs_val, probs_train = result
-        mca, top1 = accuracy(probs_val, val_labels, len(target.classes))
-        upd = update_k(k, probs_train, train_labels, cfg.k0, cfg.sigma0, cfg.sigma1, delta, cfg.k_max)
-        row = {
-            "round": rnd,
-            "mean_class_acc": mca,
-            "top1": top1,
-            "loss": stats.loss,
-            "loss_target": stats.loss_target,
-            "loss_source": stats.loss_source,
-            "sources_in_use": state.in_use,
-            "misclassified": upd.misclassified,
-            "uncertain": upd.uncertain,
-            "k_mean": float(k.double().mean()),
-            "k_max": int(k.max()),
-        }
-        rows.append(row)
-        if cfg.adaptive:
-            k = upd.k
-        if d.is_main:
-            with open(out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(row, sort_keys=True) + "\n")
-            print(format_line(row), flush=True)
-            save_checkpoint(
-                out,
-                {
-                    "round": rnd,
-                    "config": cfg.to_dict(),
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "rng": rng_state(),
-                    "k": k,
-                    "sources": state.to_state(),
-                    "source_class": source_class,
-                    "source_head_rows": model.source_head.out_features,
-                    "metrics": rows,
-                    "job_id": job_id,
-                    "query_mode": queries.mode if queries else None,
-                },
+                src.prepare_round(state, client, queries, k, cfg.metric, cfg.seed, rnd)
+            state = d.broadcast(state)
+            plan = draw_plan(
+                sampling_weights(k, cfg.k0),
+                cfg.epochs_per_round,
+                src.picker(state, k),
+                src.seeded(cfg.seed, rnd, 0),
             )
-            reporter.event(JobEvent(type="round", round=rnd, metrics=row))
-        d.barrier()
+            if d.is_main and uses_service:
+                needed = src.needed_ids(state, k, plan.source)
+                if cfg.source_mode == "all":
+                    unknown = [s for s in needed if s not in state.labels]
+                    state.labels.update(src.source_labels(client, unknown, cfg.metric) if unknown else {})
+                download(
+                    client, needed, cache, workers=cfg.fetch_workers, retries=cfg.retries, backoff=cfg.backoff
+                )
+            state = d.broadcast(state)
+            d.barrier()  # the other ranks read the images rank 0 just cached
+            used_labels = sorted({state.label(s) for s in set(plan.source.tolist()) if s >= 0})
+            for label in used_labels:
+                source_class.setdefault(label, len(source_class))
+            model.resize_source_head(len(source_class))
+            row_of = {s: source_class[state.label(s)] for s in set(plan.source.tolist()) if s >= 0}
+
+            net = d.wrap(model, device)
+            optimizer = torch.optim.SGD(
+                model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+            )
+            step = cfg.lr_step_epochs or max(1, (2 * cfg.epochs_per_round) // 3)
+            scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=step, gamma=cfg.lr_gamma)
+            scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
+            n = len(train_paths)
+            for epoch in range(cfg.epochs_per_round):
+                part = plan.slice(epoch * n, (epoch + 1) * n).shard(d.rank, d.world)
+                stats = train_epoch(
+                    net,
+                    part,
+                    train_paths,
+                    train_labels,
+                    lambda s: str(cache.path(s)),
+                    row_of,
+                    store,
+                    optimizer,
+                    scaler,
+                    device,
+                    cfg.batch_size,
+                )
+                scheduler.step()
+                if d.is_main:
+                    print(
+                        f"round {rnd} epoch {epoch + 1}/{cfg.epochs_per_round} loss={stats.loss:.4f} "
+                        f"{stats.images_per_s:.1f} img/s",
+                        flush=True,
+                    )
+
+            if d.is_main:
+                probs_val = predict(model, val_paths, store, device, cfg.batch_size)
+                probs_train = predict(model, train_paths, store, device, cfg.batch_size)
+            result = d.broadcast((probs_val, probs_train) if d.is_main else None)
+            probs_val, probs_train = result
+            mca, top1 = accuracy(probs_val, val_labels, len(target.classes))
+            upd = update_k(k, probs_train, train_labels, cfg.k0, cfg.sigma0, cfg.sigma1, delta, cfg.k_max)
+            row = {
+                "round": rnd,
+                "mean_class_acc": mca,
+                "top1": top1,
+                "loss": stats.loss,
+                "loss_target": stats.loss_target,
+                "loss_source": stats.loss_source,
+                "sources_in_use": state.in_use,
+                "misclassified": upd.misclassified,
+                "uncertain": upd.uncertain,
+                "k_mean": float(k.double().mean()),
+                "k_max": int(k.max()),
+            }
+            rows.append(row)
+            if cfg.adaptive:
+                k = upd.k
+            if d.is_main:
+                with open(out / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(row, sort_keys=True) + "\n")
+                print(format_line(row), flush=True)
+                save_checkpoint(
+                    out,
+                    {
+                        "round": rnd,
+                        "config": cfg.to_dict(),
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "rng": rng_state(),
+                        "k": k,
+                        "sources": state.to_state(),
+                        "source_class": source_class,
+                        "source_head_rows": model.source_head.out_features,
+                        "metrics": rows,
+                        "job_id": job_id,
+                        "query_mode": queries.mode if queries else None,
+                    },
+                )
+                reporter.event(JobEvent(type="round", round=rnd, metrics=row))
+            d.barrier()
+    except BaseException as exc:  # KeyboardInterrupt too: the shared service shows the job as failed
+        if d.is_main:
+            reporter.failed(exc)
+        raise
 
     if d.is_main:
         print(table(rows), flush=True)

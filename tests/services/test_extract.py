@@ -31,7 +31,7 @@ def textures(n: int, seed: int = 0, size: int = SIZE, kinds: tuple[str, ...] = S
 def fitted():
     # zero_below=0: no exact ties at 0 (see test_flat_regions_...), so quantile edges can split every bin
     # exactly.
-    spec = gabor_spec(size=SIZE, bins=8, params=GaborParams(zero_below=0.0))
+    spec = gabor_spec(size=SIZE, bins=8, params=GaborParams(zero_below=0.0, decimation=[1, 1, 1, 1]))
     sample = textures(12)
     edges = fit_edges(DescriptorExtractor(spec, device="cpu"), [sample[:5], sample[5:]], bins=8)
     return DescriptorExtractor(spec.with_edges(edges), device="cpu", chunk_size=3), sample
