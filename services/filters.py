@@ -56,8 +56,9 @@ def gabor_kernels(params: GaborParams) -> list[torch.Tensor]:
 
 
 def fft_size(n: int) -> int:
-    """Smallest m >= n of the form 2^k, 3 * 2^k or 5 * 2^k: the fastest FFT lengths here (MKL, 2-core
-    machine, 12 complex 2-D transforms: 256^2 6.0 ms, 240^2 11.0 ms, 243^2 26.7 ms, 300^2 13.1 ms)."""
+    """Smallest m >= n of the form 2^k, 3 * 2^k or 5 * 2^k, lengths MKL transforms fast. 12 complex 2-D
+    inverse FFTs, 1 thread, 2-core machine (noisy, +-30 %): 240^2 4.8 ms, 243^2 16.1, 250^2 8.0,
+    256^2 5.1-6.7, 270^2 9.8, 288^2 9.6, 300^2 7.1, 320^2 8.7 (2/3/5-smooth sizes gave 243 and 270)."""
     best = n * 8
     for odd in (1, 3, 5):
         m = odd
@@ -135,10 +136,16 @@ class FilterBank(nn.Module):
         return [torch.cat(parts, dim=1) for parts in outs]
 
     @staticmethod
-    def filters_first(values: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """Block values -> (N, d, H, W) in filter-id order; ``out`` (contiguous, same numel) may receive
-        the copy when one is needed."""
-        return values
+    def grouped(values: torch.Tensor) -> torch.Tensor:
+        """Block values -> a view (N, G, K, H, W) whose filters (G * K of them) are in filter-id order; the
+        K filters of a group share memory (Gabor: the real and imaginary part of one complex response)."""
+        return values.unsqueeze(2)
+
+    @classmethod
+    def filters_first(cls, values: torch.Tensor) -> torch.Tensor:
+        """Block values -> (N, d, H, W) in filter-id order (a copy when the block is interleaved)."""
+        view = cls.grouped(values)
+        return view.reshape(view.shape[0], -1, *view.shape[-2:])
 
 
 class _Scale(NamedTuple):
@@ -273,12 +280,9 @@ class GaborBank(FilterBank):
                 yield 0, self.block_ids + scale.index * self.per_scale, values
 
     @staticmethod
-    def filters_first(values: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """(N, O, h, w, 2) -> (N, 2O, h, w), a contiguous copy (into ``out`` when given)."""
-        n_img, n_orient, h, w, _ = values.shape
-        if out is None:
-            return values.permute(0, 1, 4, 2, 3).reshape(n_img, 2 * n_orient, h, w)
-        return out.view(n_img, n_orient, 2, h, w).copy_(values.permute(0, 1, 4, 2, 3)).view(n_img, -1, h, w)
+    def grouped(values: torch.Tensor) -> torch.Tensor:
+        """(N, O, h, w, 2) -> view (N, O, 2, h, w): per orientation, (real, imag)."""
+        return values.permute(0, 1, 4, 2, 3)
 
 
 _BETWEEN_TYPES = (nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d, nn.LocalResponseNorm, nn.Dropout)

@@ -10,7 +10,7 @@ import torch
 from pydantic import ValidationError
 
 from services.errors import WeightsError
-from services.spec import ConvParams, DescriptorSpec, GaborParams, conv_spec, gabor_spec
+from services.spec import ConvParams, DescriptorSpec, GaborParams, conv_spec, decimation_for, gabor_spec
 
 
 def fitted(spec: DescriptorSpec) -> DescriptorSpec:
@@ -24,6 +24,7 @@ def test_gabor_defaults_are_the_documented_bank():
     assert params.wavelengths == [2.5, 5.0, 10.0, 20.0]
     assert np.allclose(params.sigmas, 0.5622 * np.array(params.wavelengths), rtol=1e-3)
     assert params.kernel_sizes == [11, 19, 35, 69]
+    assert params.decimation == [1, 1, 2, 4]
     assert spec.dim == 48 and spec.layer_sizes == [48]
     assert spec.weights_array().dtype == np.float32 and np.isclose(spec.weights_array().sum(), 1.0)
     assert spec.edges is None
@@ -62,8 +63,18 @@ def test_canonical_json_is_sorted_compact_and_round_trips(tmp_path):
         ),
         lambda d: d["weights"].__setitem__(0, d["weights"][0] * 2),
         lambda d: d.update(default_metric="skl"),
+        lambda d: d["gabor"].update(decimation=[1, 1, 1, 1]),
     ],
-    ids=["size", "bins", "wavelength", "orientations", "one_edge_by_one_ulp", "weight", "metric"],
+    ids=[
+        "size",
+        "bins",
+        "wavelength",
+        "orientations",
+        "one_edge_by_one_ulp",
+        "weight",
+        "metric",
+        "decimation",
+    ],
 )
 def test_spec_hash_changes_with_any_parameter(change):
     spec = fitted(gabor_spec(size=32, bins=4))
@@ -114,3 +125,17 @@ def test_conv_spec_without_usable_weights_raises(tmp_path):
     torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, partial)
     with pytest.raises(WeightsError, match="does not match"):
         conv_spec(partial, arch="resnet18")
+
+
+def test_decimation_follows_the_four_sigma_rule_and_is_validated():
+    params = GaborParams()
+    assert params.decimation == [1, 1, 2, 4]
+    for wavelength, sigma, d in zip(params.wavelengths, params.sigmas, params.decimation, strict=True):
+        reach = 1 / wavelength + 4 / (2 * np.pi * sigma)  # cycles/px where the gain falls below e^-8
+        assert (d == 1 or 1 / (2 * d) >= reach) and (d == 8 or 1 / (4 * d) < reach)  # largest allowed
+    assert decimation_for(20.0, 0.5622 * 20.0, aspect_ratio=2.0) == 2  # narrower across: wider spectrum
+    assert GaborParams(decimation=[1, 1, 1, 1]).decimation == [1, 1, 1, 1]
+    with pytest.raises(ValidationError, match="one entry per wavelength"):
+        GaborParams(decimation=[1, 2])
+    with pytest.raises(ValidationError, match="between 1 and 16"):
+        GaborParams(decimation=[1, 1, 2, 0])
