@@ -110,7 +110,7 @@ def build_index(
             + rejected
         )
     # torch is imported only now, so a wrong --source or --out fails in a fraction of a second.
-    from retrieval_service.extraction import extract_shards, fit_spec_edges
+    from retrieval_service.extraction import cpu_threads, extract_shards, fit_spec_edges
     from services.extract import make_spec, resolve_device
 
     try:
@@ -153,9 +153,10 @@ def build_index(
         log.info("resuming with the fitted edges in %s (spec %s)", spec_path, spec.spec_hash[:12])
     else:
         try:
-            spec = fit_spec_edges(
-                corpus, spec0, torch_device, conv_weights, edge_sample, seed, batch_size, workers
-            )
+            with cpu_threads(spec0, torch_device):
+                spec = fit_spec_edges(
+                    corpus, spec0, torch_device, conv_weights, edge_sample, seed, batch_size, workers
+                )
         except ValueError as exc:
             raise BuildError(f"could not fit bin edges: {exc}") from exc
         spec.save(spec_path)
@@ -164,17 +165,18 @@ def build_index(
 
     t = time.perf_counter()
     n_shards = -(-len(corpus.records) // shard_size)  # ceil
-    extracted, resumed = extract_shards(
-        corpus,
-        spec,
-        partial / "shards",
-        torch_device,
-        conv_weights,
-        shard_size,
-        batch_size,
-        workers,
-        progress,
-    )
+    with cpu_threads(spec, torch_device):
+        extracted, resumed = extract_shards(
+            corpus,
+            spec,
+            partial / "shards",
+            torch_device,
+            conv_weights,
+            shard_size,
+            batch_size,
+            workers,
+            progress,
+        )
     timings["extract"] = time.perf_counter() - t
     images_per_s = extracted / timings["extract"] if extracted else 0.0
 
