@@ -4,28 +4,9 @@ from __future__ import annotations
 
 import io
 import tarfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from tests.imagegen import write_image_folder
-
-
-@contextmanager
-def one_torch_thread() -> Iterator[None]:
-    """Builds in tests run torch on one thread (restored afterwards).
-
-    On a shared, oversubscribed CPU, OpenMP's spinning threads make two threads several times slower than one.
-    """
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
 
 SMALL = {"size": 32, "batch_size": 4, "shard_size": 8, "edge_sample": 16, "workers": 0, "progress": False}
 

@@ -12,15 +12,9 @@ import pytest
 from retrieval_service.build import BuildError, build_index
 from retrieval_service.index import LoadedIndex
 from services.errors import IndexIntegrityError
-from tests.retrieval.buildutil import SMALL, add_bad_files, folder_to_tars, image_folder, one_torch_thread
+from tests.retrieval.buildutil import SMALL, add_bad_files, folder_to_tars, image_folder
 
 N_GOOD = 36  # 6 classes x 6 images
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with one_torch_thread():
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from retrieval_service.cli import main
-from tests.retrieval.buildutil import image_folder, one_torch_thread
+from tests.retrieval.buildutil import image_folder
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_ARGS = [
@@ -32,12 +32,6 @@ BUILD_ARGS = [
     "1",
     "--no-progress",
 ]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with one_torch_thread():
-        yield
 
 
 def cli(*args: str, **kwargs) -> subprocess.Popen:
