@@ -18,6 +18,7 @@ members are read in place through their data offset, never by unpacking the arch
 
 from __future__ import annotations
 
+import functools
 import glob
 import io
 import os
@@ -225,11 +226,17 @@ class _Window(io.RawIOBase):
         super().close()
 
 
+@functools.lru_cache(maxsize=64)
+def _resolved_root(root: str) -> Path:
+    # Resolving the root costs a syscall per path component; streaming calls _safe_join once per image.
+    return Path(root).resolve()
+
+
 def _safe_join(root: Path, rel: str) -> Path:
     """``root / rel`` resolved; refuses anything (``..``, absolute, symlink) that ends outside ``root``."""
     if not rel or os.path.isabs(rel):
         raise UnsafeSourcePath(f"source path {rel!r} is not relative to the corpus root")
-    base = Path(root).resolve()
+    base = _resolved_root(str(root))
     full = (base / rel).resolve()
     if not full.is_relative_to(base):
         raise UnsafeSourcePath(f"source path {rel!r} leaves the corpus root")
