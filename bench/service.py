@@ -16,10 +16,10 @@ from __future__ import annotations
 import argparse
 import base64
 import collections
+import contextlib
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -34,6 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from retrieval_service.index import LoadedIndex  # noqa: E402
+from tests.retrieval.live_server import live_server  # noqa: E402
 
 # CIFAR-100 superclasses used to read the neighbour table (the dataset's own coarse labels).
 GROUPS = {
@@ -47,56 +48,19 @@ GROUPS = {
 }
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """``python -m retrieval_service serve`` on a free loopback port, ready when /readyz says so."""
-
-    def __init__(self, index: Path, redis_url: str, env: dict[str, str] | None = None):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = tempfile.NamedTemporaryFile(prefix="sjft-bench-", suffix=".log", delete=False)
-        cmd = [
-            sys.executable,
-            "-m",
-            "retrieval_service",
-            "serve",
-            "--index",
-            str(index),
-            "--port",
-            str(self.port),
-        ]
-        if redis_url:
-            cmd += ["--redis-url", redis_url]
-        full_env = {
-            **os.environ,
-            "SJFT_REDIS_PREFIX": f"sjft-bench-{uuid.uuid4().hex[:8]}",
-            "SJFT_LOG_LEVEL": "warning",
-            "SJFT_MAX_QUERIES_PER_REQUEST": "4096",
-            **(env or {}),
-        }
-        self.proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server died: {Path(self.log.name).read_text()[-3000:]}")
-            try:
-                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)  # between readiness probes, bounded by the deadline
-        raise TimeoutError("server not ready")
-
-    def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=20)
+@contextlib.contextmanager
+def serving(index: Path, redis_url: str):
+    """The real ``serve`` subprocess (tests/retrieval/live_server.py) with the benchmark's environment: OpenMP
+    threads as the parent has them (the test helper pins one), quiet logs, its own Redis key prefix."""
+    env = {
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(os.cpu_count() or 1)),
+        "SJFT_REDIS_PREFIX": f"sjft-bench-{uuid.uuid4().hex[:8]}",
+        "SJFT_LOG_LEVEL": "warning",
+        "SJFT_MAX_QUERIES_PER_REQUEST": "4096",
+    }
+    log = Path(tempfile.mkstemp(prefix="sjft-bench-", suffix=".log")[1])
+    with live_server(index, log, redis_url=redis_url, env=env) as url:
+        yield url
 
 
 def median_time(fn, repeats: int) -> tuple[float, list[float]]:
@@ -273,9 +237,8 @@ def main() -> None:
         f"CIFAR index: {cifar.size} sources, {cifar.engine.kind}, spec size {cifar.spec.size}, "
         f"D={cifar.spec.dim} B={cifar.spec.bins}"
     )
-    server = Server(args.cifar_index, args.redis_url)
-    try:
-        with httpx.Client(base_url=server.url, timeout=300) as client:
+    with serving(args.cifar_index, args.redis_url) as url:
+        with httpx.Client(base_url=url, timeout=300) as client:
             o = bench_overhead(cifar, client, nq=min(256, cifar.size), k=100, repeats=args.repeats, rng=rng)
             print(f"\n[1] /v1/neighbors 256 descriptor queries, k=100 (median of {args.repeats}):")
             print(f"    in-process engine.search {o['in_process_s'] * 1000:8.1f} ms")
@@ -292,31 +255,26 @@ def main() -> None:
                 f"speed-up {o['cache_speedup']:.1f}x "
                 f"(server-side took_ms miss {o['server_miss_ms']:.1f}, hit {o['server_hit_ms']:.1f})"
             )
-        c = bench_concurrency(cifar, server.url, clients=8, per_request=32, k=100, seconds=args.seconds)
+        c = bench_concurrency(cifar, url, clients=8, per_request=32, k=100, seconds=args.seconds)
         print(
             f"[2] 8 concurrent clients, 32 queries/request, k=100, {args.seconds:.0f} s: "
             f"{c['queries_per_s']:.0f} queries/s, {c['requests']} requests, p50 {c['p50_ms']:.1f} ms, "
             f"p99 {c['p99_ms']:.1f} ms, errors {dict(c['errors'])}"
         )
-        s = bench_stream(server.url, cifar, n=min(5000, cifar.size), repeats=args.repeats)
+        s = bench_stream(url, cifar, n=min(5000, cifar.size), repeats=args.repeats)
         print(
             f"[4] stream CIFAR PNGs: {s['images']} images in {s['seconds']:.2f} s = {s['images_per_s']:.0f} "
             f"images/s ({s['mb_per_s']:.1f} MB/s; goal >= 2,000/s)"
         )
-        counts, n_files = neighbour_classes(server.url, args.woof_dir, k=50)
-    finally:
-        server.close()
+        counts, n_files = neighbour_classes(url, args.woof_dir, k=50)
 
     woof = LoadedIndex.load(args.woof_index)
-    woof_server = Server(args.woof_index, "")
-    try:
-        s = bench_stream(woof_server.url, woof, n=2000, repeats=args.repeats)
+    with serving(args.woof_index, "") as woof_url:
+        s = bench_stream(woof_url, woof, n=2000, repeats=args.repeats)
         print(
             f"[4] stream Imagewoof JPEGs: {s['images']} images (ids drawn from {woof.size}) in "
             f"{s['seconds']:.2f} s = {s['images_per_s']:.0f} images/s ({s['mb_per_s']:.1f} MB/s)"
         )
-    finally:
-        woof_server.close()
 
     total = sum(counts.values())
     print(f"\n[5] top-50 CIFAR-100 neighbours of {n_files} Imagewoof training images ({total} neighbours):")
