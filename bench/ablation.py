@@ -39,7 +39,7 @@ def find_or_build_index(explicit: str | None) -> Path:
             return BENCH_OUT / name
     out = BENCH_OUT / "ablation-cifar100-sub10"
     if not (out / "index.json").is_file():
-        from retrieval_service.build import build_index
+        from retrieval_service.build.builder import build_index
 
         src = BENCH_OUT / "ablation-cifar100-sub10-src"
         for cls in sorted((DATA / "cifar100" / "train").iterdir()):

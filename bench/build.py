@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 
 RSS_PROBE = """
 import sys, numpy as np
-from retrieval_service.index import LoadedIndex
+from retrieval_service.index.loaded import LoadedIndex
 def rss():
     for line in open("/proc/self/status"):
         if line.startswith("VmRSS"):
@@ -60,7 +60,7 @@ def subset(source: Path, dest: Path, limit: int) -> Path:
 def naive_images_per_s(index_dir: Path, n: int) -> float:
     import numpy as np
 
-    from retrieval_service.index import LoadedIndex
+    from retrieval_service.index.loaded import LoadedIndex
     from services.extract import DescriptorExtractor
     from services.images import load_image
 
@@ -89,7 +89,7 @@ def main() -> None:
 
     import torch
 
-    from retrieval_service.build import build_index
+    from retrieval_service.build.builder import build_index
 
     source = args.source
     if args.limit:

@@ -26,7 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.search_data import real_descriptors, replicate  # noqa: E402
-from retrieval_service.engine import DEFAULT_RERANK_FACTOR, SearchEngine  # noqa: E402
+from retrieval_service.search.engine import DEFAULT_RERANK_FACTOR, SearchEngine  # noqa: E402
 
 
 def rss_mb() -> float:

@@ -5,7 +5,7 @@ Measures (a real server subprocess on loopback, real Redis):
 2. 8 concurrent clients: queries/s and p50/p99 request latency;
 3. result-cache hit vs miss on the same request;
 4. /v1/sources/stream images/s for CIFAR PNGs and Imagewoof JPEGs (goal >= 2,000/s for small images);
-5. for every Imagewoof training image, its top-50 neighbours in the CIFAR-100 index: which source classes win.
+5. for every Imagewoof training image, its top-50 neighbors in the CIFAR-100 index: which source classes win.
 
     .venv/bin/python bench/service.py --cifar-index bench_out/cifar100-gabor \\
         --woof-index bench_out/imagewoof-train-gabor64 --woof-dir /work/shared/data/imagewoof/train
@@ -33,10 +33,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from retrieval_service.index import LoadedIndex  # noqa: E402
+from retrieval_service.index.loaded import LoadedIndex  # noqa: E402
 from tests.retrieval.live_server import live_server  # noqa: E402
 
-# CIFAR-100 superclasses used to read the neighbour table (the dataset's own coarse labels).
+# CIFAR-100 superclasses used to read the neighbor table (the dataset's own coarse labels).
 GROUPS = {
     "large carnivores": ["bear", "leopard", "lion", "tiger", "wolf"],
     "medium mammals": ["fox", "porcupine", "possum", "raccoon", "skunk"],
@@ -207,7 +207,7 @@ def bench_stream(url: str, index: LoadedIndex, n: int, repeats: int) -> dict:
     return {"images": n, "seconds": t, "images_per_s": n / t, "mb_per_s": total_bytes / t / 1e6}
 
 
-def neighbour_classes(url: str, woof_dir: Path, k: int) -> tuple[collections.Counter, int]:
+def neighbor_classes(url: str, woof_dir: Path, k: int) -> tuple[collections.Counter, int]:
     files = sorted(p for p in woof_dir.rglob("*") if p.suffix.lower() in (".jpeg", ".jpg", ".png"))
     counts: collections.Counter = collections.Counter()
     with httpx.Client(base_url=url, timeout=600) as c:
@@ -266,7 +266,7 @@ def main() -> None:
             f"[4] stream CIFAR PNGs: {s['images']} images in {s['seconds']:.2f} s = {s['images_per_s']:.0f} "
             f"images/s ({s['mb_per_s']:.1f} MB/s; goal >= 2,000/s)"
         )
-        counts, n_files = neighbour_classes(url, args.woof_dir, k=50)
+        counts, n_files = neighbor_classes(url, args.woof_dir, k=50)
 
     woof = LoadedIndex.load(args.woof_index)
     with serving(args.woof_index, "") as woof_url:
@@ -277,11 +277,11 @@ def main() -> None:
         )
 
     total = sum(counts.values())
-    print(f"\n[5] top-50 CIFAR-100 neighbours of {n_files} Imagewoof training images ({total} neighbours):")
-    print("| rank | CIFAR-100 class | neighbours | share |\n|---|---|---|---|")
+    print(f"\n[5] top-50 CIFAR-100 neighbors of {n_files} Imagewoof training images ({total} neighbors):")
+    print("| rank | CIFAR-100 class | neighbors | share |\n|---|---|---|---|")
     for rank, (name, n) in enumerate(counts.most_common(15), 1):
         print(f"| {rank} | {name} | {n} | {n / total:.1%} |")
-    print("\n| CIFAR-100 superclass | share of neighbours | share of corpus (chance) |\n|---|---|---|")
+    print("\n| CIFAR-100 superclass | share of neighbors | share of corpus (chance) |\n|---|---|---|")
     classes = cifar.manifest.classes
     labels = cifar.manifest.all_labels()
     per_class = np.bincount(labels, minlength=len(classes)) / len(labels)

@@ -40,7 +40,7 @@ def matching_fractions(base_url: str, manifest: DemoManifest, target_dir: Path, 
                for i, (_, path) in enumerate(images)]
     with RetrievalClient(base_url, token=token) as client:
         response = client.neighbors(queries, k=max(depths))
-    hits: list[tuple[str, list[bool]]] = []  # per image: its class, whether each ranked neighbour matches
+    hits: list[tuple[str, list[bool]]] = []  # per image: its class, whether each ranked neighbor matches
     for (cls, _), result in zip(images, response.results, strict=True):
         matching = set(manifest.mapping[cls])
         hits.append((cls, [n.class_name in matching for n in result.neighbors]))

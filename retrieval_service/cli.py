@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from retrieval_service.build import build_index
+    from retrieval_service.build.builder import build_index
 
     report = build_index(
         args.source,
@@ -103,7 +103,7 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from retrieval_service.server import serve
+    from retrieval_service.api.server import serve
 
     overrides = {
         "index_dir": args.index,

@@ -204,7 +204,7 @@ class RetrievalClient:
         exact: bool = False,
         exclude_source_ids: Iterable[int] = (),
     ) -> NeighborsResponse:
-        """Neighbours of every query, sent in batches of ``batch_size``; results in query order."""
+        """Neighbors of every query, sent in batches of ``batch_size``; results in query order."""
         if not queries:
             raise ValueError("neighbors() needs at least one query")
         exclude = list(exclude_source_ids)
@@ -232,7 +232,7 @@ class RetrievalClient:
     def neighbors_upload(
         self, files: Sequence[tuple[str, bytes]], k: int, offset: int = 0, metric: Metric = "js"
     ) -> NeighborsResponse:
-        """Neighbours of raw image files (multipart); result ids are the file names."""
+        """Neighbors of raw image files (multipart); result ids are the file names."""
         multipart = [("files", (name, data, "application/octet-stream")) for name, data in files]
         data = {"k": str(k), "offset": str(offset), "metric": metric}
         return NeighborsResponse.model_validate(

@@ -168,7 +168,7 @@ def _view(buf: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 def hellinger_embedding(H: np.ndarray, w: np.ndarray, chunk: int = 65536) -> np.ndarray:
     """z = concat_h sqrt(w_h * phi_h): float32 (N, D*B).
 
-    ||z_p - z_q||^2 = sum_h w_h sum_b (sqrt p - sqrt q)^2, a metric that orders neighbours almost as JS does
+    ||z_p - z_q||^2 = sum_h w_h sum_b (sqrt p - sqrt q)^2, a metric that orders neighbors almost as JS does
     (both are f-divergences with the same second-order term), so L2 search on z gives JS candidates.
     """
     n, d, b = H.shape

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Metric = Literal["js", "skl"]
 
-# Hard ceilings of the schema itself; deployments configure tighter limits (see retrieval_service.settings).
+# Hard ceilings of the schema itself; deployments configure tighter limits (retrieval_service.api.settings).
 K_MAX = 10_000
 QUERIES_MAX = 10_000
 
@@ -53,9 +53,9 @@ class NeighborsRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     queries: list[Query] = Field(..., min_length=1, max_length=QUERIES_MAX, description="The queries.")
-    k: int = Field(10, ge=1, le=K_MAX, description="Neighbours per query.")
+    k: int = Field(10, ge=1, le=K_MAX, description="Neighbors per query.")
     offset: int = Field(
-        0, ge=0, description="Skip this many of the best neighbours (for incremental windows)."
+        0, ge=0, description="Skip this many of the best neighbors (for incremental windows)."
     )
     metric: Metric = Field("js", description="js (weighted Jensen-Shannon) or skl (weighted symmetric KL).")
     exact: bool = Field(False, description="Full scan with the divergence instead of the two-stage search.")
@@ -98,7 +98,7 @@ class IndexInfo(BaseModel):
     bank: str = Field(..., description="Filter bank: gabor or conv.")
     dim: int = Field(..., description="Number of filters D (descriptor rows).")
     bins: int = Field(..., description="Bins per filter B (descriptor columns).")
-    classes: list[str] = Field(..., description="Source class names; a neighbour's label indexes this list.")
+    classes: list[str] = Field(..., description="Source class names; a neighbor's label indexes this list.")
     metrics: list[str] = Field(..., description="Supported divergences.")
     index_kind: str = Field(..., description="Candidate index: flat or ivf.")
     created: str = Field(..., description="When the index was built (ISO 8601).")

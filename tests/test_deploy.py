@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from retrieval_service.settings import Settings
+from retrieval_service.api.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
@@ -137,7 +137,7 @@ def test_compose_has_the_three_services_with_healthchecks(compose):
     assert services["redis"]["healthcheck"]["test"][-2:] == ["redis-cli", "ping"]
     retrieval_check = " ".join(services["retrieval"]["healthcheck"]["test"])
     assert "/readyz" in retrieval_check
-    route_file = (ROOT / "retrieval_service" / "routes" / "health.py").read_text()
+    route_file = (ROOT / "retrieval_service" / "api" / "routes" / "health.py").read_text()
     assert '"/readyz"' in route_file, "the healthcheck hits a route the service has"
 
 

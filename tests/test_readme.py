@@ -41,7 +41,7 @@ def curl_calls(block: str) -> list[tuple[str, str]]:
 @pytest.fixture(scope="module")
 def readme_service(tmp_path_factory, texture_tree, redis_url):
     """A live service on an index of the test textures: bearer tokens on, Redis on."""
-    from retrieval_service.build import build_index
+    from retrieval_service.build.builder import build_index
     from tests.retrieval.live_server import live_server
 
     workdir = tmp_path_factory.mktemp("readme")

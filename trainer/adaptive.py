@@ -1,8 +1,8 @@
-"""The adaptive neighbour rule (DESIGN.md section 1).
+"""The adaptive neighbor rule (DESIGN.md section 1).
 
 After a round, with softmax predictions p_i and entropies H_i = -sum_c p_ic log p_ic on the target training
 set: K_i += sigma0 * K0 if misclassified; K_i += sigma1 * K0 if correct and H_i >= delta; else unchanged;
-capped at K_max. Increments are rounded to whole neighbours (sigma * K0 need not be an integer).
+capped at K_max. Increments are rounded to whole neighbors (sigma * K0 need not be an integer).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def update_k(
     step[wrong] = round(sigma0 * k0)
     step[uncertain] = round(sigma1 * k0)
     new_k = torch.minimum(k + step, torch.full_like(k, k_max))
-    # A K above the cap (e.g. a changed --k-max on resume) is never shrunk: fetched neighbours stay fetched.
+    # A K above the cap (e.g. a changed --k-max on resume) is never shrunk: fetched neighbors stay fetched.
     new_k = torch.maximum(new_k, k)
     return KUpdate(k=new_k, misclassified=int(wrong.sum()), uncertain=int(uncertain.sum()))
 

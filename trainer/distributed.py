@@ -30,7 +30,7 @@ class Dist:
         return self.world > 1
 
     def broadcast(self, obj: Any) -> Any:
-        """Rank 0's ``obj`` on every rank (pickled; for neighbour lists, labels and metrics, not tensors)."""
+        """Rank 0's ``obj`` on every rank (pickled; for neighbor lists, labels and metrics, not tensors)."""
         if not self.enabled:
             return obj
         box = [obj if self.is_main else None]

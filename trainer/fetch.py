@@ -1,4 +1,4 @@
-"""Neighbour windows from the service and the local content-addressed cache of source images.
+"""Neighbor windows from the service and the local content-addressed cache of source images.
 
 Queries. The service cannot re-identify an uploaded image, and a later round needs the SAME ranked list
 deeper. So the trainer fixes each target image's query once: by default (``query_mode`` auto with a Gabor
@@ -77,7 +77,7 @@ def local_descriptors(
 
 
 @dataclass
-class NeighbourLists:
+class NeighborLists:
     """Each target's ranked source ids fetched so far (a prefix of its full ranking) and every source's
     label."""
 
@@ -93,7 +93,7 @@ class NeighbourLists:
         return {"ranked": self.ranked, "labels": self.labels, "exhausted": sorted(self.exhausted)}
 
     @classmethod
-    def from_state(cls, state: dict) -> NeighbourLists:
+    def from_state(cls, state: dict) -> NeighborLists:
         labels = {int(s): int(y) for s, y in state["labels"].items()}
         return cls(
             ranked=[list(r) for r in state["ranked"]], labels=labels, exhausted=set(state["exhausted"])
@@ -101,7 +101,7 @@ class NeighbourLists:
 
 
 def fetch_windows(
-    client: RetrievalClient, queries: QueryMaker, lists: NeighbourLists, new_k: Sequence[int], metric: str
+    client: RetrievalClient, queries: QueryMaker, lists: NeighborLists, new_k: Sequence[int], metric: str
 ) -> int:
     """Extend every target's list to ``new_k[i]`` by asking only for [len(list), new_k[i]); returns queries
     sent."""
@@ -126,7 +126,7 @@ def fetch_windows(
 
 def source_labels(client: RetrievalClient, ids: Sequence[int], metric: str) -> dict[int, int]:
     """Labels of arbitrary source ids (random/all modes): each id's own stored descriptor finds itself at
-    distance 0; a few neighbours are asked for so an exact duplicate with a smaller id cannot hide it."""
+    distance 0; a few neighbors are asked for so an exact duplicate with a smaller id cannot hide it."""
     queries = [Query(id=str(s), source_id=int(s)) for s in ids]
     if not queries:
         return {}
@@ -135,7 +135,7 @@ def source_labels(client: RetrievalClient, ids: Sequence[int], metric: str) -> d
     for result in response.results:
         own = [n for n in result.neighbors if n.source_id == int(result.id)]
         if not own:
-            raise RuntimeError(f"the service did not return source {result.id} as its own neighbour")
+            raise RuntimeError(f"the service did not return source {result.id} as its own neighbor")
         labels[own[0].source_id] = own[0].label
     return labels
 

@@ -1,4 +1,4 @@
-"""A training run: rounds of (neighbour windows -> downloads -> joint fine-tuning -> evaluation -> K update),
+"""A training run: rounds of (neighbor windows -> downloads -> joint fine-tuning -> evaluation -> K update),
 with a checkpoint at every round boundary and exact resumption (``--resume``)."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from trainer.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_
 from trainer.config import ConfigError, RunConfig
 from trainer.data import ImageStore, load_target
 from trainer.distributed import Dist, device_for
-from trainer.fetch import NeighbourLists, QueryMaker, SourceCache, download, index_key, local_descriptors
+from trainer.fetch import NeighborLists, QueryMaker, SourceCache, download, index_key, local_descriptors
 from trainer.model import JointModel
 from trainer.report import format_line, plot_curves, table, write_metrics
 from trainer.train import accuracy, draw_plan, predict, train_epoch
@@ -110,7 +110,7 @@ def run(cfg: RunConfig, d: Dist = Dist()) -> list[dict]:
     torch.manual_seed(cfg.seed)
     model = JointModel(cfg.arch, len(target.classes), 1, cfg.weights)
     k = torch.full((len(train_paths),), cfg.k0, dtype=torch.long)
-    state = src.SourceState(cfg.source_mode, size, NeighbourLists([[] for _ in train_paths]))
+    state = src.SourceState(cfg.source_mode, size, NeighborLists([[] for _ in train_paths]))
     source_class: dict[int, int] = {}
     rows: list[dict] = []
     job_id = None

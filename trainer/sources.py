@@ -1,7 +1,7 @@
 """Which source images a round uses, per ``--source-mode``, with equal budgets across modes.
 
 - selective: each target's K_i nearest sources (a prefix of its ranking); a sample pairs a target with one.
-- random: as many distinct source images as selective would use this round (its neighbour windows are still
+- random: as many distinct source images as selective would use this round (its neighbor windows are still
   asked for, only to count them), drawn uniformly without replacement from the whole index (seeded; the pool
   only grows).
 - all: every source image of the index; only the images the round's samples actually use are downloaded.
@@ -15,14 +15,14 @@ from dataclasses import dataclass, field
 import torch
 
 from services.client import RetrievalClient
-from trainer.fetch import NeighbourLists, QueryMaker, fetch_windows, source_labels
+from trainer.fetch import NeighborLists, QueryMaker, fetch_windows, source_labels
 
 
 @dataclass
 class SourceState:
     mode: str
     index_size: int
-    lists: NeighbourLists
+    lists: NeighborLists
     pool: list[int] = field(default_factory=list)  # random mode
     labels: dict[int, int] = field(default_factory=dict)  # labels of pool / all-mode ids
     in_use: int = 0
@@ -45,7 +45,7 @@ class SourceState:
         return cls(
             s["mode"],
             s["index_size"],
-            NeighbourLists.from_state(s["lists"]),
+            NeighborLists.from_state(s["lists"]),
             list(s["pool"]),
             {int(a): int(b) for a, b in s["labels"].items()},
             s["in_use"],
@@ -66,7 +66,7 @@ def prepare_round(
     seed: int,
     rnd: int,
 ) -> None:
-    """Rank 0: fetch this round's neighbour windows (and grow the random pool); sets ``state.in_use``."""
+    """Rank 0: fetch this round's neighbor windows (and grow the random pool); sets ``state.in_use``."""
     if state.mode == "none":
         state.in_use = 0
         return
@@ -96,7 +96,7 @@ def picker(state: SourceState, k: torch.Tensor):
 
     ranked = state.lists.ranked
     if any(min(int(k[i]), len(ranked[i])) == 0 for i in range(len(ranked))):
-        raise RuntimeError("a target image has no source neighbours: is the index empty?")
+        raise RuntimeError("a target image has no source neighbors: is the index empty?")
 
     def pick(targets: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         out = torch.empty_like(targets)

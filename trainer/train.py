@@ -1,6 +1,6 @@
 """The joint fine-tuning loop and evaluation.
 
-A round's whole sample plan (which target, which of its neighbours, flips) is drawn up front from a generator
+A round's whole sample plan (which target, which of its neighbors, flips) is drawn up front from a generator
 seeded by (seed, round), so the batches are identical however the run is split, resumed or sharded.
 """
 

@@ -36,7 +36,7 @@ def folder_to_tars(folder: Path, out: Path, n_tars: int = 2, cls_as: str = "name
 
     Classes are split over ``n_tars`` tars in sorted order, so candidates come in the folder's order.
     """
-    from retrieval_service.corpus import enumerate_corpus
+    from retrieval_service.index.corpus import enumerate_corpus
 
     corpus = enumerate_corpus(folder)
     out.mkdir(parents=True, exist_ok=True)

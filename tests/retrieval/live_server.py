@@ -30,7 +30,7 @@ def build_test_index(root: Path, per_class: int = 8, size: int = 32, bins: int =
     Test modules pass a session-wide ``root`` (``shared_index_root``) so one build serves them all:
     extraction is the slow part of server tests on a shared CPU.
     """
-    from retrieval_service.build import build_index
+    from retrieval_service.build.builder import build_index
 
     out = root / "index"
     if (out / "index.json").is_file():

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retrieval_service.build import BuildError, build_index
-from retrieval_service.index import LoadedIndex
+from retrieval_service.build.builder import BuildError, build_index
+from retrieval_service.index.loaded import LoadedIndex
 from services.errors import IndexIntegrityError
 from tests.retrieval.buildutil import SMALL, add_bad_files, folder_to_tars, image_folder
 

@@ -87,7 +87,7 @@ def test_build_killed_with_sigkill_resumes_to_the_same_index(tmp_path, capsys, c
 
     # Rerun (in this process: same code path, without paying torch's import twice more) and compare with an
     # uninterrupted build of the same corpus.
-    caplog.set_level(logging.INFO, logger="retrieval_service.build")
+    caplog.set_level(logging.INFO, logger="retrieval_service.build.builder")
     assert main(["build", "--source", str(source), "--out", str(killed), *BUILD_ARGS]) == 0
     assert "resuming" in caplog.text
     assert main(["build", "--source", str(source), "--out", str(reference), *BUILD_ARGS]) == 0
@@ -159,7 +159,7 @@ def test_existing_index_is_refused_without_force(tmp_path, capsys):
 
 
 def test_serve_passes_only_given_flags_to_the_server(monkeypatch):
-    import retrieval_service.server as server
+    import retrieval_service.api.server as server
 
     calls = []
     monkeypatch.setattr(server, "serve", lambda **kwargs: calls.append(kwargs))

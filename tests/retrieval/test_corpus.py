@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retrieval_service.corpus import (
+from retrieval_service.index.corpus import (
     CorpusError,
     SourceRecord,
     UnsafeSourcePath,
@@ -20,7 +20,7 @@ from retrieval_service.corpus import (
     open_source,
     open_source_bytes,
 )
-from retrieval_service.manifest import Manifest, write_manifest
+from retrieval_service.index.manifest import Manifest, write_manifest
 from tests.retrieval.buildutil import folder_to_tars
 
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from retrieval_service.engine import SearchEngine
-from retrieval_service.storage import EMBEDDING_FILE, ENGINE_FILE, HISTOGRAMS_FILE
+from retrieval_service.search.engine import SearchEngine
+from retrieval_service.search.storage import EMBEDDING_FILE, ENGINE_FILE, HISTOGRAMS_FILE
 from services.errors import DescriptorError, IndexIntegrityError
 from services.extract import DescriptorExtractor, fit_edges
 from services.spec import gabor_spec

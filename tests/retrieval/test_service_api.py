@@ -12,7 +12,7 @@ import httpx
 import numpy as np
 import pytest
 
-from retrieval_service.manifest import Manifest
+from retrieval_service.index.manifest import Manifest
 from services.spec import DescriptorSpec
 from tests.retrieval.live_server import build_test_index, live_server, shared_index_root
 

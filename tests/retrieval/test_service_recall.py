@@ -23,7 +23,7 @@ CLASSES = {f"{kind}_{int(scale)}": (kind, scale) for kind in TEXTURE_KINDS for s
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, redis_url):
-    from retrieval_service.build import build_index
+    from retrieval_service.build.builder import build_index
 
     root = tmp_path_factory.mktemp("recall")
     write_image_folder(root / "corpus", CLASSES, per_class=PER_CLASS, size=32, seed=1)

@@ -9,12 +9,12 @@ import tarfile
 import numpy as np
 import pytest
 
-from retrieval_service.cache import ResultCache, exclusions_digest
-from retrieval_service.jobs import JobRegistry
-from retrieval_service.ratelimit import RateLimiter
-from retrieval_service.redis_state import RedisState
-from retrieval_service.settings import Settings
-from retrieval_service.stream import stream_tar, tar_header
+from retrieval_service.api.settings import Settings
+from retrieval_service.api.stream import stream_tar, tar_header
+from retrieval_service.shared_state.cache import ResultCache, exclusions_digest
+from retrieval_service.shared_state.connection import RedisState
+from retrieval_service.shared_state.jobs import JobRegistry
+from retrieval_service.shared_state.ratelimit import RateLimiter
 from services.schemas import JobCreate, JobEvent
 from tests.conftest import free_port
 

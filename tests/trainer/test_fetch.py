@@ -1,4 +1,4 @@
-"""Neighbour windows never refetch; the source cache is content-addressed and atomic; budgets match."""
+"""Neighbor windows never refetch; the source cache is content-addressed and atomic; budgets match."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 
 from services.client import ServiceUnavailableError
 from services.schemas import Neighbor, NeighborsResponse, QueryResult
-from trainer.fetch import NeighbourLists, QueryMaker, SourceCache, download, fetch_windows
+from trainer.fetch import NeighborLists, QueryMaker, SourceCache, download, fetch_windows
 from trainer.sources import SourceState, needed_ids, picker, prepare_round
 
 
@@ -42,7 +42,7 @@ def descriptor_queries(n: int) -> QueryMaker:
 
 
 def test_windows_extend_without_refetching():
-    client, lists = RankingClient(), NeighbourLists([[] for _ in range(3)])
+    client, lists = RankingClient(), NeighborLists([[] for _ in range(3)])
     queries = descriptor_queries(3)
     fetch_windows(client, queries, lists, [2, 2, 2], "js")
     fetch_windows(client, queries, lists, [10, 2, 4], "js")
@@ -50,17 +50,17 @@ def test_windows_extend_without_refetching():
     assert client.asked == [("0", 0, 2), ("1", 0, 2), ("2", 0, 2), ("0", 2, 8), ("2", 2, 2)]
     assert lists.ranked[0] == list(range(10)) and lists.ranked[2] == [200, 201, 202, 203]
     every = [s for r in lists.ranked for s in r]
-    assert len(every) == len(set(every))  # each neighbour fetched exactly once
+    assert len(every) == len(set(every))  # each neighbor fetched exactly once
     assert lists.labels[7] == 1
 
 
 def test_random_mode_draws_the_selective_budget_seeded():
     client = RankingClient()
     k = torch.tensor([3, 5, 2])
-    sel = SourceState("selective", 10_000, NeighbourLists([[] for _ in range(3)]))
+    sel = SourceState("selective", 10_000, NeighborLists([[] for _ in range(3)]))
     prepare_round(sel, client, descriptor_queries(3), k, "js", seed=1, rnd=0)
-    rnd_a = SourceState("random", 10_000, NeighbourLists([[] for _ in range(3)]))
-    rnd_b = SourceState("random", 10_000, NeighbourLists([[] for _ in range(3)]))
+    rnd_a = SourceState("random", 10_000, NeighborLists([[] for _ in range(3)]))
+    rnd_b = SourceState("random", 10_000, NeighborLists([[] for _ in range(3)]))
     prepare_round(rnd_a, RankingClient(), descriptor_queries(3), k, "js", seed=1, rnd=0)
     prepare_round(rnd_b, RankingClient(), descriptor_queries(3), k, "js", seed=1, rnd=0)
     assert sel.in_use == 10 == len(rnd_a.pool) == len(set(rnd_a.pool))
@@ -75,7 +75,7 @@ def test_random_mode_draws_the_selective_budget_seeded():
 
 
 def test_selective_picker_stays_within_each_prefix():
-    lists = NeighbourLists([[1, 2, 3, 4], [9, 8]])
+    lists = NeighborLists([[1, 2, 3, 4], [9, 8]])
     state = SourceState("selective", 100, lists)
     pick = picker(state, torch.tensor([2, 2]))
     out = pick(torch.tensor([0, 0, 1, 1, 0]), torch.tensor([0.0, 0.99, 0.0, 0.6, 0.5], dtype=torch.float64))

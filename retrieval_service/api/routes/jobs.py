@@ -6,8 +6,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
 
-from retrieval_service.deps import StateDep
-from retrieval_service.errors import NotFound
+from retrieval_service.api.deps import StateDep
+from retrieval_service.api.errors import NotFound
 from services.schemas import ErrorBody, Job, JobCreate, JobEvent, JobList
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])

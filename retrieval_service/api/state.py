@@ -12,14 +12,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from retrieval_service.cache import ResultCache
-from retrieval_service.errors import NotReady
-from retrieval_service.jobs import JobRegistry
-from retrieval_service.metrics import ServiceMetrics
-from retrieval_service.ratelimit import RateLimiter
-from retrieval_service.redis_state import RedisState
-from retrieval_service.searcher import Searcher
-from retrieval_service.settings import Settings
+from retrieval_service.api.errors import NotReady
+from retrieval_service.api.metrics import ServiceMetrics
+from retrieval_service.api.searcher import Searcher
+from retrieval_service.api.settings import Settings
+from retrieval_service.shared_state.cache import ResultCache
+from retrieval_service.shared_state.connection import RedisState
+from retrieval_service.shared_state.jobs import JobRegistry
+from retrieval_service.shared_state.ratelimit import RateLimiter
 
 log = logging.getLogger("retrieval_service")
 
@@ -55,7 +55,7 @@ class ServiceState:
         self._loader.start()
 
     def _load(self) -> None:
-        from retrieval_service.index import LoadedIndex  # heavy (faiss, torch): not at import time
+        from retrieval_service.index.loaded import LoadedIndex  # heavy (faiss, torch): not at import time
 
         s = self.settings
         if s.index_dir is None:

@@ -1,7 +1,7 @@
 """FAISS over the Hellinger embedding: candidate generation for the two-stage search.
 
 z = concat_h sqrt(w_h * phi_h) (``services.divergence.hellinger_embedding``); squared L2 on z is the weighted
-squared Hellinger distance, which orders neighbours almost as JS and SKL do, and FAISS computes it with BLAS
+squared Hellinger distance, which orders neighbors almost as JS and SKL do, and FAISS computes it with BLAS
 (CPU) or on a GPU. Kinds: ``flat`` = ``IndexFlatL2`` (exact L2, 4 bytes per dimension); ``ivf`` = an inverted
 file over ``nlist`` k-means cells, codec ``sq8`` (IVF + 8-bit scalar quantiser, 1 byte per dimension) or
 ``flat`` (float32). The embedding lives in the FAISS file (written by ``save``): rebuilding it on load would

@@ -8,13 +8,13 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 
-from retrieval_service.deps import document_bearer
-from retrieval_service.errors import install_error_handlers
-from retrieval_service.middleware import BodyLimit, Guard, RequestContext
-from retrieval_service.routes import health, jobs, neighbors, sources
-from retrieval_service.routes import index as index_routes
-from retrieval_service.settings import Settings
-from retrieval_service.state import ServiceState
+from retrieval_service.api.deps import document_bearer
+from retrieval_service.api.errors import install_error_handlers
+from retrieval_service.api.middleware import BodyLimit, Guard, RequestContext
+from retrieval_service.api.routes import health, jobs, neighbors, sources
+from retrieval_service.api.routes import index as index_routes
+from retrieval_service.api.settings import Settings
+from retrieval_service.api.state import ServiceState
 
 
 def create_app(settings: Settings | None = None, index=None) -> FastAPI:

@@ -18,12 +18,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from retrieval_service.corpus import Corpus
-from retrieval_service.shards import DecodedBatch, Shard, make_loader, read_shard, shard_path, write_shard
+from retrieval_service.index.corpus import Corpus
+from retrieval_service.build.shards import DecodedBatch, Shard, make_loader, read_shard, shard_path, write_shard
 from services.extract import DescriptorExtractor, fit_edges
 from services.spec import DescriptorSpec
 
-log = logging.getLogger("retrieval_service.build")
+log = logging.getLogger("retrieval_service.build.builder")
 
 
 def make_extractor(spec: DescriptorSpec, device: torch.device, conv_weights) -> DescriptorExtractor:

@@ -16,7 +16,13 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from retrieval_service.errors import ImageTooLarge, InvalidRequest, LimitExceeded, NotFound, PayloadTooLarge
+from retrieval_service.api.errors import (
+    ImageTooLarge,
+    InvalidRequest,
+    LimitExceeded,
+    NotFound,
+    PayloadTooLarge,
+)
 from services.divergence import validate_histograms
 from services.errors import DescriptorError, ImageDecodeError, SpecMismatchError
 from services.images import load_image

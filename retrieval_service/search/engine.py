@@ -17,7 +17,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from retrieval_service import ann, ranking, storage
+from retrieval_service.search import ann, ranking, storage
 from services.divergence import METRICS, hellinger_embedding, paired, pairwise, validate_histograms
 from services.errors import DescriptorError, IndexIntegrityError
 

@@ -15,12 +15,12 @@ import os
 import shutil
 from pathlib import Path
 
-from retrieval_service.corpus import Corpus
-from retrieval_service.index import fsync_path, verify_checksums
+from retrieval_service.index.corpus import Corpus
+from retrieval_service.index.loaded import fsync_path, verify_checksums
 from services.errors import IndexIntegrityError, SJFTError
 from services.spec import DescriptorSpec
 
-log = logging.getLogger("retrieval_service.build")
+log = logging.getLogger("retrieval_service.build.builder")
 
 STATE_FILE = "build_state.json"
 REPORT_FILE = "build_report.json"

@@ -14,7 +14,7 @@ import uuid
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from retrieval_service.state import ServiceState
+from retrieval_service.api.state import ServiceState
 
 
 def _error_messages(status: int, code: str, message: str, details=None, headers=None) -> list[Message]:

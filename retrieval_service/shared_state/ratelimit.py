@@ -11,7 +11,7 @@ import math
 import threading
 import time
 
-from retrieval_service.redis_state import RedisState
+from retrieval_service.shared_state.connection import RedisState
 
 WINDOW_S = 60
 

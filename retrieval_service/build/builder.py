@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval_service.corpus import Corpus, enumerate_corpus
-from retrieval_service.index import INDEX_FORMAT, file_sha256, fsync_path
-from retrieval_service.manifest import write_manifest
-from retrieval_service.staging import (
+from retrieval_service.index.corpus import Corpus, enumerate_corpus
+from retrieval_service.index.loaded import INDEX_FORMAT, file_sha256, fsync_path
+from retrieval_service.index.manifest import write_manifest
+from retrieval_service.build.staging import (
     REPORT_FILE,
     BuildError,
     check_out,
@@ -40,7 +40,7 @@ from retrieval_service.version import __version__
 from services.errors import SJFTError
 from services.spec import DescriptorSpec
 
-log = logging.getLogger("retrieval_service.build")
+log = logging.getLogger("retrieval_service.build.builder")
 
 
 @dataclass
@@ -110,7 +110,7 @@ def build_index(
             + rejected
         )
     # torch is imported only now, so a wrong --source or --out fails in a fraction of a second.
-    from retrieval_service.extraction import cpu_threads, extract_shards, fit_spec_edges
+    from retrieval_service.build.extraction import cpu_threads, extract_shards, fit_spec_edges
     from services.extract import make_spec, resolve_device
 
     try:
@@ -215,8 +215,8 @@ def _assemble(
     corpus: Corpus, spec: DescriptorSpec, partial: Path, shard_size: int, kind: str, device, progress: bool
 ) -> tuple[int, list[dict], dict[str, str]]:
     """Shards -> engine files and manifest in ``partial``; returns (size, skipped, engine checksums)."""
-    from retrieval_service.engine import SearchEngine
-    from retrieval_service.extraction import load_shards
+    from retrieval_service.search.engine import SearchEngine
+    from retrieval_service.build.extraction import load_shards
 
     try:
         shards = load_shards(partial / "shards", len(corpus.records), shard_size, spec.dim, spec.bins)

@@ -14,10 +14,10 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from retrieval_service.cache import ResultCache, exclusions_digest
-from retrieval_service.errors import Overloaded
-from retrieval_service.metrics import ServiceMetrics
-from retrieval_service.queries import Resolved
+from retrieval_service.api.errors import Overloaded
+from retrieval_service.api.metrics import ServiceMetrics
+from retrieval_service.api.queries import Resolved
+from retrieval_service.shared_state.cache import ResultCache, exclusions_digest
 
 
 class Searcher:

@@ -13,10 +13,16 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from retrieval_service.deps import ReadyDep, StateDep
-from retrieval_service.errors import InvalidRequest, LimitExceeded, PayloadTooLarge
-from retrieval_service.queries import Resolved, check_limits, fill_descriptors, image_query, resolve_queries
-from retrieval_service.state import Ready, ServiceState
+from retrieval_service.api.deps import ReadyDep, StateDep
+from retrieval_service.api.errors import InvalidRequest, LimitExceeded, PayloadTooLarge
+from retrieval_service.api.queries import (
+    Resolved,
+    check_limits,
+    fill_descriptors,
+    image_query,
+    resolve_queries,
+)
+from retrieval_service.api.state import Ready, ServiceState
 from services.schemas import K_MAX, ErrorBody, Metric, NeighborsRequest, NeighborsResponse
 
 router = APIRouter(prefix="/v1", tags=["neighbors"])
@@ -93,8 +99,8 @@ def neighbors_upload(
     state: StateDep,
     ready: ReadyDep,
     files: Annotated[list[UploadFile], File(description="Image files; each file name is its result id.")],
-    k: Annotated[int, Form(ge=1, le=K_MAX, description="Neighbours per image.")] = 10,
-    offset: Annotated[int, Form(ge=0, description="Skip this many of the best neighbours.")] = 0,
+    k: Annotated[int, Form(ge=1, le=K_MAX, description="Neighbors per image.")] = 10,
+    offset: Annotated[int, Form(ge=0, description="Skip this many of the best neighbors.")] = 0,
     metric: Annotated[Metric, Form(description="js or skl.")] = "js",
     exact: Annotated[bool, Form(description="Full scan instead of the two-stage search.")] = False,
 ) -> Response:

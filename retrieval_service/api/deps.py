@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from retrieval_service.state import Ready, ServiceState
+from retrieval_service.api.state import Ready, ServiceState
 
 
 def get_state(request: Request) -> ServiceState:

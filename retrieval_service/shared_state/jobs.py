@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 
 import redis
 
-from retrieval_service.redis_state import RedisState
+from retrieval_service.shared_state.connection import RedisState
 from services.schemas import Job, JobCreate, JobEvent
 
 MAX_EVENTS = 1000  # per job: a runaway reporter must not grow a key forever

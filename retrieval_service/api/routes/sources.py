@@ -8,10 +8,10 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Path
 from fastapi.responses import Response, StreamingResponse
 
-from retrieval_service.corpus import open_source
-from retrieval_service.deps import ReadyDep, StateDep
-from retrieval_service.errors import InvalidRequest, NotFound, PayloadTooLarge
-from retrieval_service.stream import content_type, stream_tar
+from retrieval_service.api.deps import ReadyDep, StateDep
+from retrieval_service.api.errors import InvalidRequest, NotFound, PayloadTooLarge
+from retrieval_service.api.stream import content_type, stream_tar
+from retrieval_service.index.corpus import open_source
 from services.schemas import DescriptorResponse, ErrorBody, StreamRequest
 
 router = APIRouter(prefix="/v1/sources", tags=["sources"])

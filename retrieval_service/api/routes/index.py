@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import Response
 
-from retrieval_service.deps import ReadyDep
+from retrieval_service.api.deps import ReadyDep
 from services.divergence import METRICS
 from services.schemas import IndexInfo
 

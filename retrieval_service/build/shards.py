@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from retrieval_service.corpus import CorpusError, SourceRecord, UnsafeSourcePath, open_source_bytes
+from retrieval_service.index.corpus import CorpusError, SourceRecord, UnsafeSourcePath, open_source_bytes
 from services.errors import ImageDecodeError
 from services.images import load_image, probe_image
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval_service.corpus import SourceRecord
+from retrieval_service.index.corpus import SourceRecord
 
 _COLUMNS = (
     "source_id",

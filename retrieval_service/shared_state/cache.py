@@ -1,6 +1,6 @@
 """Result cache in Redis: one entry per (index, spec, metric, exact, query, window, exclusions), with a TTL.
 
-Entries hold one query's neighbour window (ids + distances as raw little-endian bytes), so a request mixing
+Entries hold one query's neighbor window (ids + distances as raw little-endian bytes), so a request mixing
 cached and new queries only searches the new ones, and a hit returns exactly the bytes the search produced.
 """
 
@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from retrieval_service.redis_state import RedisState
+from retrieval_service.shared_state.connection import RedisState
 
 
 def digest(data: bytes) -> str:
@@ -25,7 +25,7 @@ def exclusions_digest(exclude: Iterable[int]) -> str:
 
 
 class ResultCache:
-    """Neighbour windows keyed by everything that determines them; a no-op when Redis is absent or down."""
+    """Neighbor windows keyed by everything that determines them; a no-op when Redis is absent or down."""
 
     def __init__(self, state: RedisState, prefix: str, index_id: str, spec_hash: str, ttl_s: int):
         self.state = state

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from retrieval_service.deps import StateDep
+from retrieval_service.api.deps import StateDep
 
 router = APIRouter(tags=["health"])
 

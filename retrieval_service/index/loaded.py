@@ -13,8 +13,8 @@ import os
 from pathlib import Path
 from typing import BinaryIO
 
-from retrieval_service.corpus import SourceRecord, open_source
-from retrieval_service.manifest import Manifest
+from retrieval_service.index.corpus import SourceRecord, open_source
+from retrieval_service.index.manifest import Manifest
 from services.errors import IndexIntegrityError
 from services.spec import DescriptorSpec
 
@@ -91,7 +91,9 @@ class LoadedIndex:
         source_root: str | os.PathLike | None = None,
     ) -> LoadedIndex:
         """Open ``directory``; ``source_root`` overrides the corpus location recorded at build time."""
-        from retrieval_service.engine import SearchEngine  # faiss and torch: only when an index is loaded
+        from retrieval_service.search.engine import (
+            SearchEngine,  # faiss and torch: only when an index is loaded
+        )
 
         directory = Path(directory).absolute()
         if not directory.is_dir():

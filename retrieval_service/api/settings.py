@@ -54,7 +54,7 @@ class Settings(BaseSettings):
     cache_ttl_s: int = Field(
         3600,
         ge=0,
-        description="Lifetime of cached neighbour results in Redis; 0 = no result cache.",
+        description="Lifetime of cached neighbor results in Redis; 0 = no result cache.",
     )
     max_queries_per_request: int = Field(
         4096,

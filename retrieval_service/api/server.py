@@ -6,8 +6,8 @@ import logging
 
 import uvicorn
 
-from retrieval_service.app import create_app
-from retrieval_service.settings import Settings
+from retrieval_service.api.app import create_app
+from retrieval_service.api.settings import Settings
 
 
 def serve(**overrides) -> None:
