@@ -1,0 +1,56 @@
+"""Crash-safe file writes and content hashes: the one home of temp-file-then-rename and of sha256 of a file.
+
+A reader (another process, or this one after a ``kill -9``) sees either the old file or the whole new one,
+never a partial write: the data goes to a temporary file in the same directory (so the rename stays on one
+file system), is flushed and fsynced, and is then renamed over the target (``os.replace``, atomic on POSIX).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+_BLOCK = 1 << 22  # 4 MiB reads: large enough to hash at disk speed, small enough to keep memory flat
+
+
+@contextlib.contextmanager
+def atomic_writer(path: str | os.PathLike, mode: str = "wb", *, fsync: bool = True) -> Iterator[IO]:
+    """Open a temporary sibling of ``path`` for writing; on a clean exit it replaces ``path``.
+
+    On an exception the temporary file is removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            if fsync:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str, *, fsync: bool = True) -> None:
+    """Write ``data`` (bytes, or text as UTF-8) to ``path`` atomically."""
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    with atomic_writer(path, "wb", fsync=fsync) as f:
+        f.write(payload)
+
+
+def file_sha256(path: str | os.PathLike, block: int = _BLOCK) -> str:
+    """Hex sha256 of a file's bytes, read in blocks (memory stays flat for any file size)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
