@@ -23,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.retrieval.live_server import live_server  # noqa: E402
+from retrieval_service.testing import live_server  # noqa: E402
 from trainer.ablate import ablate  # noqa: E402
 from trainer.config import RunConfig  # noqa: E402
 

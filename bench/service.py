@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from retrieval_service.index.loaded import LoadedIndex  # noqa: E402
-from tests.retrieval.live_server import live_server  # noqa: E402
+from retrieval_service.testing import live_server  # noqa: E402
 
 # CIFAR-100 superclasses used to read the neighbor table (the dataset's own coarse labels).
 GROUPS = {

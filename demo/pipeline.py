@@ -17,6 +17,7 @@ from pathlib import Path
 from demo import report
 from demo.data import MANIFEST_NAME, DemoManifest, generate
 from demo.procs import DemoError, Supervisor
+from retrieval_service.testing import free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ENSURE_REDIS = REPO_ROOT / "scripts" / "ensure_redis.sh"
@@ -60,14 +61,6 @@ class DemoConfig:
     @property
     def scale(self) -> Scale:
         return QUICK if self.quick else FULL
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def prepare_data(cfg: DemoConfig, sup: Supervisor) -> tuple[DemoManifest, bool]:
@@ -146,7 +139,7 @@ def _load_failure(response) -> str | None:
 
 
 def start_service(cfg: DemoConfig, sup: Supervisor, index_dir: Path, redis_url: str) -> str:
-    port = _free_port()
+    port = free_port()
     argv = [sys.executable, "-m", "retrieval_service", "serve", "--index", str(index_dir),
             "--host", "127.0.0.1", "--port", str(port), "--device", cfg.device]
     if redis_url:

@@ -11,13 +11,14 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO
 
 import httpx
+
+from retrieval_service.testing import ServerNotReady, wait_until_ready
 
 
 class DemoError(RuntimeError):
@@ -104,29 +105,13 @@ class Supervisor:
 
     def wait_ready(self, name: str, proc: subprocess.Popen, url: str, deadline_s: float,
                    fatal: Callable[[httpx.Response], str | None] | None = None) -> None:
-        """Wait until ``GET url`` answers 200; raise when the child exits, ``fatal(response)`` names a reason
-        it never will be ready, or the deadline passes."""
-        deadline = time.monotonic() + deadline_s
-        while True:
-            if proc.poll() is not None:
-                raise DemoError(f"{name} exited with code {proc.returncode} before it was ready:\n"
-                                + self.log_tail(name))
-            try:
-                response = httpx.get(url, timeout=2.0)
-                if response.status_code == 200:
-                    return
-                reason = fatal(response) if fatal else None
-                if reason:
-                    raise DemoError(f"{name} will not become ready: {reason}\n" + self.log_tail(name))
-            except httpx.TransportError:
-                pass  # not listening yet
-            if time.monotonic() > deadline:
-                raise DemoError(f"{name} not ready at {url} after {deadline_s:.0f} s:\n"
-                                + self.log_tail(name))
-            try:  # a bounded wait on the child itself: returns at once if it dies
-                proc.wait(timeout=0.25)
-            except subprocess.TimeoutExpired:
-                pass
+        """Wait until ``GET url`` answers 200 (``retrieval_service.testing.wait_until_ready``); a child that
+        exits, a ``fatal(response)`` reason or the deadline is a DemoError with the end of its log."""
+        try:
+            log = self.log_dir / f"{name}.log"
+            wait_until_ready(url, proc, deadline_s, fatal=fatal, log_path=log, name=name)
+        except ServerNotReady as exc:
+            raise DemoError(str(exc)) from None
 
     def stop_all(self, grace_s: float = 10.0) -> None:
         """Stop background children, newest first (the service before anything it depends on)."""

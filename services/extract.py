@@ -25,9 +25,9 @@ import numpy as np
 import torch
 
 from services.errors import DescriptorError
-from services.filters import FilterBank, build_bank
+from services.filters import FilterBank, build_bank, conv_spec
 from services.images import DEFAULT_MAX_PIXELS, ImageSource, load_image
-from services.spec import DescriptorSpec, conv_spec, gabor_spec
+from services.spec import DescriptorSpec, gabor_spec
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

@@ -19,25 +19,35 @@ _BLOCK = 1 << 22  # 4 MiB reads: large enough to hash at disk speed, small enoug
 
 
 @contextlib.contextmanager
-def atomic_writer(path: str | os.PathLike, mode: str = "wb", *, fsync: bool = True) -> Iterator[IO]:
-    """Open a temporary sibling of ``path`` for writing; on a clean exit it replaces ``path``.
-
-    On an exception the temporary file is removed and ``path`` is left as it was.
-    """
+def atomic_path(path: str | os.PathLike, *, fsync: bool = True) -> Iterator[Path]:
+    """A temporary sibling path for writers that need a file name (SQLite, FAISS); on a clean exit it replaces
+    ``path``. On an exception the temporary file is removed and ``path`` is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            if fsync:
-                os.fsync(f.fileno())
+        yield tmp
+        if fsync:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+            tmp.unlink()
         raise
+
+
+@contextlib.contextmanager
+def atomic_writer(path: str | os.PathLike, mode: str = "wb", *, fsync: bool = True) -> Iterator[IO]:
+    """An open temporary sibling of ``path`` for writing; on a clean exit it replaces ``path``."""
+    with atomic_path(path, fsync=fsync) as tmp, open(tmp, mode) as f:
+        yield f
+        f.flush()
 
 
 def atomic_write(path: str | os.PathLike, data: bytes | str, *, fsync: bool = True) -> None:

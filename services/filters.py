@@ -18,14 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from services.errors import WeightsError
-from services.spec import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    DescriptorSpec,
-    GaborParams,
-    file_sha256,
-    load_state_dict,
-)
+from services.fileio import file_sha256
+from services.spec import ConvParams, DescriptorSpec, GaborParams, layer_weights
+from services.weights import IMAGENET_MEAN, IMAGENET_STD, load_state_dict
 
 
 def gabor_kernels(params: GaborParams) -> list[torch.Tensor]:
@@ -366,3 +361,23 @@ def build_bank(
     bank.mean.copy_(torch.tensor(params.mean).view(1, 3, 1, 1))
     bank.std.copy_(torch.tensor(params.std).view(1, 3, 1, 1))
     return bank.to(device)
+
+
+def conv_spec(
+    weights_path: str | Path, arch: str = "alexnet", layers: int = 1, size: int = 224, bins: int = 16
+) -> DescriptorSpec:
+    """A conv spec from a local weights file: records its sha256 and the filter counts of the used layers."""
+    params = (
+        ConvParams(arch=arch, layers=layers, weights_sha256=file_sha256(weights_path))
+        if Path(weights_path).is_file()
+        else None
+    )
+    if params is None:
+        raise WeightsError(
+            f"conv weights file not found: {weights_path} (the conv bank never uses random filters)"
+        )
+    stem = conv_stem(arch, layers, load_state_dict(weights_path))
+    sizes = stem.layer_sizes
+    return DescriptorSpec(
+        bank="conv", size=size, bins=bins, conv=params, layer_sizes=sizes, weights=layer_weights(sizes)
+    )

@@ -12,19 +12,18 @@ import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from services.errors import WeightsError
+from services.fileio import atomic_write
+from services.weights import IMAGENET_MEAN, IMAGENET_STD
 
 # Conv architectures whose stem is a plain chain of leaf modules (conv -> [bn] -> relu -> [pool] -> conv), so
 # the first two conv layers can be run exactly as in the network without torchvision's forward().
 CONV_ARCH_PREFIXES = ("alexnet", "vgg", "resnet", "resnext", "wide_resnet")
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def sigma_for_bandwidth(wavelength: float, bandwidth_octaves: float) -> float:
@@ -240,10 +239,7 @@ class DescriptorSpec(BaseModel):
 
     def save(self, path: str | Path) -> None:
         """Write the canonical JSON (atomically: temp file + rename)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(self.canonical_json() + "\n", encoding="utf-8")
-        tmp.replace(path)
+        atomic_write(path, self.canonical_json() + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> DescriptorSpec:
@@ -262,53 +258,4 @@ def gabor_spec(size: int = 224, bins: int = 16, params: GaborParams | None = Non
     sizes = [params.n_filters]
     return DescriptorSpec(
         bank="gabor", size=size, bins=bins, gabor=params, layer_sizes=sizes, weights=layer_weights(sizes)
-    )
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def load_state_dict(path: str | Path) -> dict[str, Any]:
-    """A plain state dict, or one under a "state_dict"/"model" key ("module." prefixes stripped)."""
-    import torch
-
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"conv weights file not found: {path} (the conv bank never uses random filters)")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types (pickle, zip, runtime) for a bad file
-        raise WeightsError(f"conv weights file {path} is not a readable torch state dict: {exc}") from exc
-    for key in ("state_dict", "model"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise WeightsError(f"conv weights file {path} does not hold a state dict of tensors")
-    return {k.removeprefix("module."): v for k, v in obj.items()}
-
-
-def conv_spec(
-    weights_path: str | Path, arch: str = "alexnet", layers: int = 1, size: int = 224, bins: int = 16
-) -> DescriptorSpec:
-    """A conv spec from a local weights file: records its sha256 and the filter counts of the used layers."""
-    from services.filters import conv_stem  # torchvision is only needed for conv specs
-
-    params = (
-        ConvParams(arch=arch, layers=layers, weights_sha256=file_sha256(weights_path))
-        if Path(weights_path).is_file()
-        else None
-    )
-    if params is None:
-        raise WeightsError(
-            f"conv weights file not found: {weights_path} (the conv bank never uses random filters)"
-        )
-    stem = conv_stem(arch, layers, load_state_dict(weights_path))
-    sizes = stem.layer_sizes
-    return DescriptorSpec(
-        bank="conv", size=size, bins=bins, conv=params, layer_sizes=sizes, weights=layer_weights(sizes)
     )

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from pathlib import Path
 
 import pytest
 
+from retrieval_service import testing
 from tests.imagegen import write_image_folder
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -33,10 +33,7 @@ def redis_namespace() -> str:
     return f"sjft-test-{uuid.uuid4().hex[:12]}"
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+free_port = testing.free_port
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ not ok). Shards are written to a temporary file, fsynced and renamed, so a shard
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from retrieval_service.index.corpus import CorpusError, SourceRecord, UnsafeSourcePath, open_source_bytes
 from services.errors import ImageDecodeError
+from services.fileio import atomic_writer
 from services.images import load_image, probe_image
 
 MAX_REASON = 300  # characters of a skip reason kept in the shard and the report
@@ -122,12 +122,8 @@ def shard_path(shard_dir: Path, index: int) -> Path:
 
 def write_shard(path: Path, shard: Shard) -> None:
     """Write atomically: temp file, fsync, rename (a present shard file is always complete)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
+    with atomic_writer(path) as fh:
         np.savez(fh, **{name: getattr(shard, name) for name in Shard.__dataclass_fields__})
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def read_shard(path: Path, start: int, stop: int, dim: int, bins: int) -> Shard | None:

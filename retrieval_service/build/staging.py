@@ -18,6 +18,7 @@ from pathlib import Path
 from retrieval_service.index.corpus import Corpus
 from retrieval_service.index.loaded import fsync_path, verify_checksums
 from services.errors import IndexIntegrityError, SJFTError
+from services.fileio import atomic_write
 from services.spec import DescriptorSpec
 
 log = logging.getLogger("retrieval_service.build.builder")
@@ -114,10 +115,4 @@ def commit(partial: Path, out: Path, force: bool) -> None:
 
 
 def write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, indent=1, sort_keys=True)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")

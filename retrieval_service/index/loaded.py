@@ -16,18 +16,11 @@ from typing import BinaryIO
 from retrieval_service.index.corpus import SourceRecord, open_source
 from retrieval_service.index.manifest import Manifest
 from services.errors import IndexIntegrityError
+from services.fileio import file_sha256
 from services.spec import DescriptorSpec
 
 INDEX_FORMAT = "sjft-index/1"
 _NOT_CONTENT = {"build_report.json"}  # timings differ between identical builds
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def fsync_path(path: str | os.PathLike) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from services.errors import IndexIntegrityError
+from services.fileio import atomic_write, atomic_writer, file_sha256
 
 HISTOGRAMS_FILE = "histograms.f16"
 EMBEDDING_FILE = "embedding.faiss"
@@ -26,32 +27,18 @@ STORE_DTYPE = np.dtype("<f2")
 ENGINE_FORMAT = 1
 
 
-def file_sha256(path: str | os.PathLike, block: int = 1 << 22) -> str:
-    """Hex SHA-256 of a file, read in 4 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(block):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def write_histograms(path: str | os.PathLike, histograms, chunk: int = 65536) -> str:
     """Write (N, D, B) histograms (any float array or memmap) as raw float16; returns the file's SHA-256.
 
     Written to a temporary name and renamed, so a reader (or a memory map of the previous file) never sees a
     half-written store.
     """
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
     digest = hashlib.sha256()
-    with open(tmp, "wb") as fh:
+    with atomic_writer(path) as fh:
         for start in range(0, len(histograms), chunk):
             block = np.ascontiguousarray(histograms[start : start + chunk], dtype=STORE_DTYPE).tobytes()
             digest.update(block)
             fh.write(block)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
     return digest.hexdigest()
 
 
@@ -87,10 +74,7 @@ def write_engine_json(path: str | os.PathLike, fields: Mapping) -> str:
     is caught too); returns the file's SHA-256."""
     body = dict(fields)
     body["self_sha256"] = hashlib.sha256(_canonical(fields)).hexdigest()
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(body, indent=2, sort_keys=True) + "\n")
     return file_sha256(path)
 
 

@@ -9,8 +9,8 @@ import torchvision
 from scipy import ndimage
 
 from services.errors import WeightsError
-from services.filters import build_bank, fft_size, gabor_kernels
-from services.spec import GaborParams, conv_spec, gabor_spec
+from services.filters import build_bank, conv_spec, fft_size, gabor_kernels
+from services.spec import GaborParams, gabor_spec
 from tests.imagegen import stripes
 
 LUMA = np.array([0.299, 0.587, 0.114])

@@ -10,7 +10,8 @@ import torch
 from pydantic import ValidationError
 
 from services.errors import WeightsError
-from services.spec import ConvParams, DescriptorSpec, GaborParams, conv_spec, decimation_for, gabor_spec
+from services.filters import conv_spec
+from services.spec import ConvParams, DescriptorSpec, GaborParams, decimation_for, gabor_spec
 
 
 def fitted(spec: DescriptorSpec) -> DescriptorSpec:
