@@ -19,8 +19,10 @@ install: $(VENV)/.installed
 redis:
 	@bash scripts/ensure_redis.sh "$(REDIS_URL)"
 
+# ruff, then the architecture contracts of pyproject.toml [tool.importlinter] (which package may import which).
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports --no-cache
 
 test: install redis lint
 	$(PY) -m pytest -q
