@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 REDIS_URL ?= redis://127.0.0.1:6379/0
 export REDIS_URL
 
-.PHONY: install test lint unit demo redis bench clean
+.PHONY: install test lint unit demo redis chromium bench clean
 
 # The venv is rebuilt only when pyproject.toml changes (stamp file).
 $(VENV)/.installed: pyproject.toml
@@ -19,12 +19,16 @@ install: $(VENV)/.installed
 redis:
 	@bash scripts/ensure_redis.sh "$(REDIS_URL)"
 
+# The web page's tests drive Debian's chromium through chromium-driver (installed when missing).
+chromium:
+	@bash scripts/ensure_chromium.sh
+
 # ruff, then the architecture contracts of pyproject.toml [tool.importlinter] (which package may import which).
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports --no-cache
 
-test: install redis lint
+test: install redis chromium lint
 	$(PY) -m pytest -q
 
 # The demo starts (and afterwards stops) Redis itself when it can, and runs without it otherwise.

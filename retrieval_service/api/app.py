@@ -11,10 +11,11 @@ from fastapi import Depends, FastAPI
 from retrieval_service.api.deps import document_bearer
 from retrieval_service.api.errors import install_error_handlers
 from retrieval_service.api.middleware import BodyLimit, Guard, RequestContext
-from retrieval_service.api.routes import health, jobs, neighbors, sources
+from retrieval_service.api.routes import health, jobs, neighbors, sources, ui
 from retrieval_service.api.routes import index as index_routes
 from retrieval_service.api.settings import Settings
 from retrieval_service.api.state import ServiceState
+from retrieval_service.api.thumbnails import ThumbnailCache
 
 
 def create_app(settings: Settings | None = None, index=None) -> FastAPI:
@@ -35,8 +36,10 @@ def create_app(settings: Settings | None = None, index=None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.sjft = state
+    app.state.thumbnails = ThumbnailCache()
     install_error_handlers(app)
     app.include_router(health.router)
+    app.include_router(ui.router)  # the page holds no data: open like /healthz
     v1 = [Depends(document_bearer)]
     for module in (index_routes, neighbors, sources, jobs):
         app.include_router(module.router, dependencies=v1)

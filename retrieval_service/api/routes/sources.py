@@ -5,12 +5,13 @@ from __future__ import annotations
 import hashlib
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Path
+from fastapi import APIRouter, Header, Path, Query
 from fastapi.responses import Response, StreamingResponse
 
 from retrieval_service.api.deps import ReadyDep, StateDep
 from retrieval_service.api.errors import InvalidRequest, NotFound, PayloadTooLarge
 from retrieval_service.api.stream import content_type, stream_tar
+from retrieval_service.api.thumbnails import THUMBNAIL_MAX, THUMBNAIL_MIN, ThumbnailsDep, thumbnail_response
 from retrieval_service.index.corpus import open_source
 from services.schemas import DescriptorResponse, ErrorBody, StreamRequest
 
@@ -35,10 +36,30 @@ def _record(ready, source_id: int):
     responses={200: {"content": {"image/*": {}}}, 304: {"description": "not modified"}, **_NOT_FOUND},
 )
 def source_image(
-    source_id: SourceId, ready: ReadyDep, if_none_match: Annotated[str | None, Header()] = None
+    source_id: SourceId,
+    ready: ReadyDep,
+    state: StateDep,
+    thumbnails: ThumbnailsDep,
+    if_none_match: Annotated[str | None, Header()] = None,
+    size: Annotated[
+        int | None,
+        Query(
+            ge=THUMBNAIL_MIN,
+            le=THUMBNAIL_MAX,
+            description="Answer a JPEG thumbnail whose longer side is at most this many pixels.",
+        ),
+    ] = None,
 ) -> Response:
-    """The source image's bytes, with its content type and ETag (its SHA-256); If-None-Match gives 304."""
+    """The source image's bytes (or a JPEG thumbnail with ``size``), with an ETag; If-None-Match gives 304."""
     record = _record(ready, source_id)
+    if size is not None:
+
+        def _read() -> bytes:
+            with ready.index.open_source(source_id) as stream:
+                return stream.read()
+
+        max_pixels = state.settings.max_image_pixels
+        return thumbnail_response(record.sha256, _read, size, if_none_match, thumbnails, max_pixels)
     headers = {"Cache-Control": "public, max-age=86400"}
     if record.sha256:
         etag = f'"{record.sha256}"'
