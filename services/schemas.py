@@ -6,21 +6,75 @@ descriptor shape) are checked by the service against its settings and index and 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import operator
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 Metric = Literal["js", "skl"]
 
 # Hard ceilings of the schema itself; deployments configure tighter limits (retrieval_service.api.settings).
 K_MAX = 10_000
 QUERIES_MAX = 10_000
+# Every id and count on the wire is below 2**53: exact in a JavaScript number (and far from int64 overflow in
+# the cache digests and SQLite, which a 2**63 id used to hit).
+ID_LIMIT = 2**53
+OFFSET_MAX = 1_000_000
+IDS_MAX = 1_000_000  # ids in one labels / sample / exclusion list
+HASHES_MAX = 100_000
+
+
+def _strict_int(value: Any) -> Any:
+    """Integers only: ``true``/``false``, ``"3"`` and ``3.0`` are refused (numpy integers are accepted)."""
+    if isinstance(value, bool) or isinstance(value, str | bytes | float):
+        raise ValueError("must be an integer (not a boolean, string or float)")
+    if isinstance(value, int):
+        return value
+    try:
+        return operator.index(value)  # numpy integer types
+    except TypeError:
+        return value  # let the int validator name the problem
+
+
+def wire_int(**bounds: int) -> Any:
+    """An integer type with JSON-schema bounds (``ge``, ``lt``, ...) that refuses booleans and strings."""
+    # The bounds go inside, before the validator: outside it pydantic cannot put them in the JSON schema.
+    return Annotated[int, Field(**bounds), BeforeValidator(_strict_int)]
+
+
+SourceId = wire_int(ge=0, lt=ID_LIMIT)
+Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="Lower-case hex SHA-256.")]
+_QUERY_KINDS = (("image_b64",), ("descriptor", "spec_hash"), ("source_id",))
+_OPTIONAL = ("image_b64", "descriptor", "spec_hash", "source_id", "k", "offset")
+
+
+def _query_schema(schema: dict[str, Any]) -> None:
+    """OpenAPI of a query: the optional fields are not nullable, and exactly one of the three shapes holds."""
+    for name in _OPTIONAL:
+        prop = schema["properties"][name]
+        options = [o for o in prop.pop("anyOf", []) if o.get("type") != "null"]
+        if len(options) == 1:
+            prop.update(options[0])
+        elif options:
+            prop["anyOf"] = options
+        prop.pop("default", None)
+    schema["oneOf"] = [
+        {"title": "+".join(kind), "required": list(kind)} for kind in _QUERY_KINDS
+    ]
 
 
 class Query(BaseModel):
     """One query: exactly one of ``image_b64``, ``descriptor`` (+ ``spec_hash``) or ``source_id``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_query_schema)
 
     id: str = Field(..., min_length=1, max_length=512, description="Caller's id, echoed in the result.")
     image_b64: str | None = Field(None, description="Base64 of an image file (JPEG, PNG, ...).")
@@ -30,9 +84,19 @@ class Query(BaseModel):
     spec_hash: str | None = Field(
         None, description="spec_hash the descriptor was computed under; required with it."
     )
-    source_id: int | None = Field(None, ge=0, description="Use the stored descriptor of this source image.")
-    k: int | None = Field(None, ge=1, le=K_MAX, description="Overrides the request's k for this query.")
-    offset: int | None = Field(None, ge=0, description="Overrides the request's offset for this query.")
+    source_id: SourceId | None = Field(None, description="Use the stored descriptor of this source image.")
+    k: wire_int(ge=1, le=K_MAX) | None = Field(None, description="Overrides the request's k for this query.")
+    offset: wire_int(ge=0, le=OFFSET_MAX) | None = Field(
+        None, description="Overrides the request's offset for this query."
+    )
+
+    @field_validator(*_OPTIONAL, mode="before")
+    @classmethod
+    def _absent_not_null(cls, value: Any, info: ValidationInfo) -> Any:
+        # On the wire an unused field is left out; an explicit null is refused, as the OpenAPI schema says.
+        if value is None and info.mode == "json":
+            raise ValueError("leave the field out instead of sending null")
+        return value
 
     @model_validator(mode="after")
     def _exactly_one_kind(self) -> Query:
@@ -53,14 +117,21 @@ class NeighborsRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     queries: list[Query] = Field(..., min_length=1, max_length=QUERIES_MAX, description="The queries.")
-    k: int = Field(10, ge=1, le=K_MAX, description="Neighbors per query.")
-    offset: int = Field(
-        0, ge=0, description="Skip this many of the best neighbors (for incremental windows)."
+    k: wire_int(ge=1, le=K_MAX) = Field(10, description="Neighbors per query.")
+    offset: wire_int(ge=0, le=OFFSET_MAX) = Field(
+        0, description="Skip this many of the best neighbors (for incremental windows)."
     )
     metric: Metric = Field("js", description="js (weighted Jensen-Shannon) or skl (weighted symmetric KL).")
     exact: bool = Field(False, description="Full scan with the divergence instead of the two-stage search.")
-    exclude_source_ids: list[int] = Field(
-        default_factory=list, description="Source ids never to return (e.g. already selected)."
+    exclude_source_ids: list[SourceId] = Field(
+        default_factory=list,
+        max_length=IDS_MAX,
+        description="Source ids never to return (e.g. already selected).",
+    )
+    max_per_source: wire_int(ge=1, le=QUERIES_MAX) | None = Field(
+        None,
+        description="A source is returned to at most this many queries of the request; its place goes to "
+        "the query's next candidate (DESIGN.md, HTTP API).",
     )
 
     @model_validator(mode="after")
@@ -68,8 +139,6 @@ class NeighborsRequest(BaseModel):
         ids = [q.id for q in self.queries]
         if len(set(ids)) != len(ids):
             raise ValueError("query ids must be unique within a request")
-        if any(s < 0 for s in self.exclude_source_ids):
-            raise ValueError("exclude_source_ids must be non-negative")
         return self
 
 
@@ -103,6 +172,10 @@ class IndexInfo(BaseModel):
     index_kind: str = Field(..., description="Candidate index: flat or ivf.")
     created: str = Field(..., description="When the index was built (ISO 8601).")
     code_version: str = Field(..., description="Version of the code that built it.")
+    capabilities: list[str] = Field(
+        default_factory=list,
+        description="Optional features this service offers, e.g. max_per_source, sources.labels.",
+    )
 
 
 class DescriptorResponse(BaseModel):
@@ -114,8 +187,52 @@ class DescriptorResponse(BaseModel):
 class StreamRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    ids: list[int] = Field(
-        ..., min_length=1, description="Source ids, streamed as tar members in this order."
+    ids: list[SourceId] = Field(
+        ..., min_length=1, max_length=IDS_MAX, description="Source ids, streamed as tar members in order."
+    )
+
+
+class SourceIdsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ids: list[SourceId] = Field(..., min_length=1, max_length=IDS_MAX, description="Source ids.")
+
+
+class SourceLabel(BaseModel):
+    source_id: int = Field(..., description="The source image.")
+    label: int = Field(..., description="Class index; indexes GET /v1/index classes.")
+    class_name: str = Field(..., description="Class name.")
+
+
+class SourceLabelsResponse(BaseModel):
+    labels: list[SourceLabel] = Field(..., description="One entry per requested id, in request order.")
+
+
+class SampleRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    n: wire_int(ge=1, le=IDS_MAX) = Field(..., description="How many distinct source ids to draw.")
+    seed: wire_int(ge=0, lt=ID_LIMIT) = Field(..., description="Same seed + same index = same ids.")
+    exclude: list[SourceId] = Field(
+        default_factory=list, max_length=IDS_MAX, description="Source ids never drawn."
+    )
+
+
+class SampleResponse(BaseModel):
+    ids: list[int] = Field(..., description="Distinct source ids, uniformly drawn, in draw order.")
+
+
+class Sha256Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    sha256: list[Sha256Hex] = Field(
+        ..., min_length=1, max_length=HASHES_MAX, description="SHA-256 of image files (lower-case hex)."
+    )
+
+
+class Sha256Response(BaseModel):
+    matches: dict[str, list[int]] = Field(
+        ..., description="Each requested hash found in the index -> the source ids whose bytes have it."
     )
 
 
@@ -138,7 +255,7 @@ class JobEvent(BaseModel):
     type: Literal["round", "status", "log"] = Field(
         ..., description="round: metrics of a round; status: change."
     )
-    round: int | None = Field(None, ge=0, description="Round number for round events.")
+    round: wire_int(ge=0, lt=ID_LIMIT) | None = Field(None, description="Round number for round events.")
     status: JobStatus | None = Field(None, description="New status for status events.")
     metrics: dict[str, Any] = Field(
         default_factory=dict, description="Round metrics (accuracy, losses, K stats)."

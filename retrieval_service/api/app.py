@@ -10,8 +10,9 @@ from fastapi import Depends, FastAPI
 
 from retrieval_service.api.deps import document_bearer
 from retrieval_service.api.errors import install_error_handlers
-from retrieval_service.api.middleware import BodyLimit, Guard, RequestContext
-from retrieval_service.api.routes import health, jobs, neighbors, sources, ui
+from retrieval_service.api.middleware import BodyLimit, BodyTimeout, Guard, RequestContext
+from retrieval_service.api.responses import V1_COMMON, document_errors, error_responses
+from retrieval_service.api.routes import catalog, health, jobs, neighbors, sources, ui
 from retrieval_service.api.routes import index as index_routes
 from retrieval_service.api.settings import Settings
 from retrieval_service.api.state import ServiceState
@@ -34,6 +35,8 @@ def create_app(settings: Settings | None = None, index=None) -> FastAPI:
         version="1.0",
         summary="Nearest source images by low-level filter-bank histograms (Selective Joint Fine-Tuning).",
         lifespan=lifespan,
+        # One file past the query limit, so the route (not the parser's 400) answers the 413 for it.
+        form_limits={"max_files": settings.max_queries_per_request + 1},
     )
     app.state.sjft = state
     app.state.thumbnails = ThumbnailCache()
@@ -41,13 +44,14 @@ def create_app(settings: Settings | None = None, index=None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(ui.router)  # the page holds no data: open like /healthz
     v1 = [Depends(document_bearer)]
-    for module in (index_routes, neighbors, sources, jobs):
-        app.include_router(module.router, dependencies=v1)
+    for module in (index_routes, neighbors, catalog, sources, jobs):
+        app.include_router(module.router, dependencies=v1, responses=error_responses(*V1_COMMON))
     generate_openapi = app.openapi
-    app.openapi = lambda: app.openapi_schema or neighbors.document_models(generate_openapi())
+    app.openapi = lambda: app.openapi_schema or document_errors(neighbors.document_models(generate_openapi()))
     # Added last = runs first: request id and metrics wrap everything, the body cap precedes auth and parsing.
     app.add_middleware(Guard, state=state)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyTimeout, timeout_s=settings.body_timeout_s)
     app.add_middleware(RequestContext, state=state)
     logging.getLogger("retrieval_service").setLevel(settings.log_level.upper())
     return app

@@ -6,8 +6,22 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.convertors import StringConvertor, register_url_convertor
 
 from retrieval_service.api.state import Ready, ServiceState
+
+
+class SourceIdSegment(StringConvertor):
+    """``{source_id:sid}``: any path segment except the names of the fixed routes beside it.
+
+    ``GET /v1/sources/stream`` then matches no GET route and is a 405 (Allow: POST), while ``/v1/sources/abc``
+    still reaches the route and is a 422 naming ``source_id`` (an ``int`` convertor would make it a 404).
+    """
+
+    regex = r"(?!(?:stream|labels|sample|by-sha256)(?:/|$))[^/]+"
+
+
+register_url_convertor("sid", SourceIdSegment())
 
 
 def get_state(request: Request) -> ServiceState:

@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from services.errors import (
     DescriptorError,
@@ -28,7 +29,7 @@ from services.errors import (
 log = logging.getLogger("retrieval_service")
 
 
-class ServiceError(SJFTError):
+class APIError(SJFTError):
     """An error answered with ``status``; ``details`` is any JSON-able context for the caller."""
 
     status = 400
@@ -49,41 +50,41 @@ class ServiceError(SJFTError):
             self.code = code  # a more specific code than the class's, e.g. invalid_base64
 
 
-class Unauthorized(ServiceError):
+class Unauthorized(APIError):
     status, code = 401, "unauthorized"
 
 
-class NotFound(ServiceError):
+class NotFound(APIError):
     status, code = 404, "not_found"
 
 
-class PayloadTooLarge(ServiceError):
+class PayloadTooLarge(APIError):
     status, code = 413, "payload_too_large"
 
 
-class ImageTooLarge(ServiceError):
+class ImageTooLarge(APIError):
     status, code = 413, "image_too_large"
 
 
-class LimitExceeded(ServiceError):
+class LimitExceeded(APIError):
     """A value the schema allows but this deployment does not (e.g. k + offset)."""
 
     status, code = 422, "limit_exceeded"
 
 
-class InvalidRequest(ServiceError):
+class InvalidRequest(APIError):
     status, code = 422, "invalid_request"
 
 
-class RateLimited(ServiceError):
+class RateLimited(APIError):
     status, code = 429, "rate_limited"
 
 
-class Overloaded(ServiceError):
+class Overloaded(APIError):
     status, code = 429, "overloaded"
 
 
-class NotReady(ServiceError):
+class NotReady(APIError):
     status, code = 503, "not_ready"
 
 
@@ -103,7 +104,7 @@ def error_response(status: int, code: str, message: str, details: Any = None, he
 
 
 def _status_of(exc: SJFTError) -> int:
-    if isinstance(exc, ServiceError):
+    if isinstance(exc, APIError):
         return exc.status
     for kind, status in CORE_STATUS.items():
         if isinstance(exc, kind):
@@ -131,6 +132,17 @@ _HTTP_CODES = {
 }
 
 
+def allowed_methods(request: Request) -> str:
+    """Every method some route accepts on this path (Starlette names only the first matching route's)."""
+    routes = request.app.router.routes
+    allowed = [
+        method
+        for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+        if any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes)
+    ]
+    return ", ".join(allowed)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register the handlers that turn every exception into the one error shape."""
 
@@ -150,8 +162,16 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:
+            headers["Allow"] = allowed_methods(request)
+        if exc.status_code == 400 and str(exc.detail).startswith("Too many files"):
+            # Starlette's multipart parser stopped one file past the limit: the same 413 as the route's.
+            limit = request.app.state.sjft.settings.max_queries_per_request
+            message = f"more than {limit} files in one request; the limit is {limit}: split the request"
+            return error_response(413, "payload_too_large", message, {"files": limit + 1, "limit": limit})
         code = _HTTP_CODES.get(exc.status_code, "http_error")
-        return error_response(exc.status_code, code, str(exc.detail), None, getattr(exc, "headers", None))
+        return error_response(exc.status_code, code, str(exc.detail), None, headers or None)
 
     @app.exception_handler(json.JSONDecodeError)
     async def _json(request: Request, exc: json.JSONDecodeError) -> JSONResponse:

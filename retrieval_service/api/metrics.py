@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -50,6 +51,8 @@ class ServiceMetrics:
         )
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        """Count one request; ``route`` must be a route template (or "unmatched"), never a raw path."""
+        method = method if method in HTTP_METHODS else "other"  # any token is a valid method to h11
         self.requests.labels(method, route, str(status)).inc()
         self.latency.labels(method, route).observe(seconds)
 

@@ -1,4 +1,5 @@
-"""Pure ASGI middleware: request id + metrics, body-size cap, and the /v1 guard (bearer auth, rate limit).
+"""Pure ASGI middleware: request id + metrics, body deadline, body-size cap, and the /v1 guard (bearer auth,
+rate limits).
 
 They run before FastAPI parses anything, so an unauthenticated or oversized request is refused without its
 body being read or validated (a malformed body from a caller without a token is a 401, not a 400).
@@ -6,15 +7,22 @@ body being read or validated (a malformed body from a caller without a token is 
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
+import logging
 import time
 import uuid
 
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from retrieval_service.api.state import ServiceState
+from retrieval_service.shared_state.ratelimit import RateLimiter
+
+log = logging.getLogger("retrieval_service")
+CLIENT_CLOSED = 499  # nginx's status for "the client went away before the answer": never counted as a 500
 
 
 def _error_messages(status: int, code: str, message: str, details=None, headers=None) -> list[Message]:
@@ -46,6 +54,13 @@ class RequestContext:
         scope.setdefault("state", {})["request_id"] = request_id
         started = time.perf_counter()
         status = 500
+        gone = False
+
+        async def _receive() -> Message:
+            nonlocal gone
+            message = await receive()
+            gone = gone or message["type"] == "http.disconnect"
+            return message
 
         async def _send(message: Message) -> None:
             nonlocal status
@@ -56,13 +71,68 @@ class RequestContext:
             await send(message)
 
         try:
-            await self.app(scope, receive, _send)
+            await self.app(scope, _receive, _send)
+        except ClientDisconnect:
+            gone = True  # the client left while its body was read: nobody to answer, nothing to log
+        except Exception:
+            if not gone:
+                raise
+            log.info("client left %s %s before the answer [request %s]", scope["method"], scope["path"],
+                     request_id)
         finally:
             route = scope.get("route")
             # Route templates, never raw paths: unmatched paths must not grow the label set without bound.
             name = getattr(route, "path", None) or "unmatched"
+            if gone:
+                status = CLIENT_CLOSED
             self.state.metrics.observe(scope["method"], name, status, time.perf_counter() - started)
             self.state.metrics.redis_up.set(1 if self.state.redis.status_cached() == "ok" else 0)
+
+
+class BodyTimeout:
+    """408 when the request body has not fully arrived ``timeout_s`` after the request started.
+
+    uvicorn bounds idle keep-alive connections but not a body that never comes (a large Content-Length, then
+    silence, or a trickle): without this a stalled client holds a worker's request forever.
+    """
+
+    def __init__(self, app: ASGIApp, timeout_s: float):
+        self.app, self.timeout_s = app, timeout_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        deadline = asyncio.get_running_loop().time() + self.timeout_s
+        body_done = timed_out = False
+
+        async def _receive() -> Message:
+            nonlocal body_done, timed_out
+            if timed_out:
+                return {"type": "http.disconnect"}
+            if body_done:
+                return await receive()  # waiting for a disconnect after the body is not a stall
+            try:
+                message = await asyncio.wait_for(receive(), deadline - asyncio.get_running_loop().time())
+            except TimeoutError:
+                timed_out = True
+                return {"type": "http.disconnect"}
+            body_done = message["type"] != "http.request" or not message.get("more_body", False)
+            return message
+
+        async def _send(message: Message) -> None:
+            if not timed_out:  # whatever the app answers to the cut-short body is replaced by the 408
+                await send(message)
+
+        try:
+            await self.app(scope, _receive, _send)
+        except Exception:
+            if not timed_out:
+                raise
+        if timed_out:
+            message = f"the request body did not arrive within {self.timeout_s:g} s"
+            await _send_error(send, 408, "request_timeout", message, {"timeout_s": self.timeout_s},
+                              headers={"Connection": "close"})
 
 
 class BodyLimit:
@@ -136,6 +206,12 @@ class Guard:
     def __init__(self, app: ASGIApp, state: ServiceState):
         self.app, self.state = app, state
         self.tokens = [t.encode() for t in state.settings.tokens]
+        # Failed authentications per client address: Redis-shared like the request limit, counted in memory
+        # while Redis is down.
+        s = state.settings
+        self.auth_failures = RateLimiter(
+            state.redis, f"{s.redis_prefix}:authfail", s.auth_failures_per_minute
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
@@ -145,6 +221,20 @@ class Guard:
         if self.tokens:
             caller = self._token(scope)
             if caller is None:
+                address = (scope.get("client") or ("unknown", 0))[0]
+                wait = await run_in_threadpool(self.auth_failures.check, f"ip:{address}")
+                if wait:
+                    limit = self.auth_failures.per_minute
+                    await _send_error(
+                        send,
+                        429,
+                        "rate_limited",
+                        f"more than {limit} failed authentications per minute from {address}; "
+                        f"retry in {wait} s",
+                        {"auth_failures_per_minute": limit, "retry_after_s": wait},
+                        headers={"Retry-After": str(wait)},
+                    )
+                    return
                 await _send_error(
                     send,
                     401,

@@ -9,6 +9,7 @@ uses every core.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import threading
 from collections.abc import Callable, Sequence
 
@@ -17,6 +18,7 @@ import numpy as np
 from retrieval_service.api.errors import Overloaded
 from retrieval_service.api.metrics import ServiceMetrics
 from retrieval_service.api.queries import Resolved
+from retrieval_service.search.capping import capped_windows
 from retrieval_service.shared_state.cache import ResultCache, exclusions_digest
 
 
@@ -43,12 +45,17 @@ class Searcher:
         exact: bool,
         exclude: Sequence[int],
         prepare: Callable[[Sequence[Resolved]], None] = lambda queries: None,
+        max_per_source: int | None = None,
     ) -> tuple[list[tuple[np.ndarray, np.ndarray]], bool]:
         """Results in query order, and whether every one came from the cache.
 
         ``prepare(misses)`` fills in the descriptors the cache could not spare us (decoding images).
+        ``max_per_source``: a source goes to at most that many queries (``search.capping``); the answers
+        then depend on the whole query set, which is part of their cache keys.
         """
         excl = exclusions_digest(exclude)
+        if max_per_source is not None:
+            return self._search_capped(queries, metric, exact, exclude, prepare, max_per_source, excl)
         keys = [self.cache.key(metric, exact, q.digest, q.k, q.offset, excl) for q in queries]
         results: list[tuple[np.ndarray, np.ndarray] | None] = list(self.cache.get_many(keys))
         if self.cache.enabled:
@@ -69,6 +76,32 @@ class Searcher:
                     fresh.append((keys[i], *results[i]))
             self.cache.set_many(fresh)
         return [r for r in results if r is not None], not missing
+
+    def _search_capped(self, queries, metric, exact, exclude, prepare, cap: int, excl: str):
+        request = hashlib.sha256("\n".join(q.digest for q in queries).encode()).hexdigest()[:32]
+        keys = [
+            self.cache.key(metric, exact, f"cap{cap}:{request}:{i}", q.k, q.offset, excl)
+            for i, q in enumerate(queries)
+        ]
+        cached = self.cache.get_many(keys)
+        if self.cache.enabled:
+            hits = sum(r is not None for r in cached)
+            self.metrics.cache_hits.inc(hits)
+            self.metrics.cache_misses.inc(len(cached) - hits)
+        if all(r is not None for r in cached):
+            return list(cached), True
+        prepare(list(queries))
+        exclude_ids = sorted(set(int(i) for i in exclude))
+        eligible = self.engine.size - sum(1 for i in exclude_ids if i < self.engine.size)
+        batch = np.stack([q.descriptor for q in queries])  # (n, D, B)
+        results = capped_windows(
+            lambda depth: self._run(batch, depth, 0, metric, exact, exclude_ids),
+            [(q.k, q.offset) for q in queries],
+            cap,
+            eligible,
+        )
+        self.cache.set_many([(key, *r) for key, r in zip(keys, results, strict=True)])
+        return results, False
 
     def _run(self, batch: np.ndarray, k: int, offset: int, metric: str, exact: bool, exclude: list[int]):
         with self._count_lock:

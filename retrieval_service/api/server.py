@@ -7,12 +7,12 @@ import logging
 import uvicorn
 
 from retrieval_service.api.app import create_app
-from retrieval_service.api.settings import Settings
+from retrieval_service.api.settings import load_settings
 
 
 def serve(**overrides) -> None:
     """Serve until interrupted; ``overrides`` (index_dir, host, port, redis_url, ...) beat the environment."""
-    settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    settings = load_settings(**{k: v for k, v in overrides.items() if v is not None})
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -27,4 +27,14 @@ def serve(**overrides) -> None:
     )
     app = create_app(settings)
     # One worker: the index is memory-mapped, so replicas are separate processes sharing the page cache.
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,
+        # Idle keep-alive connections are closed; request headers are capped at 64 KiB. A body that stalls is
+        # the BodyTimeout middleware's (408).
+        timeout_keep_alive=settings.keep_alive_s,
+        h11_max_incomplete_event_size=64 * 1024,
+    )

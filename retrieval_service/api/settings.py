@@ -10,8 +10,28 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.errors import SJFTError
+
+
+class SettingsError(SJFTError):
+    """A setting (flag or environment variable) has a value the service cannot use; the message names it."""
+
+    code = "invalid_setting"
+
+
+def load_settings(**overrides) -> Settings:
+    """``Settings(**overrides)``; an invalid value raises ``SettingsError`` with one line per bad field."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = [
+            f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg'].removeprefix('Value error, ')}"
+            for e in exc.errors(include_url=False)
+        ]
+        raise SettingsError("invalid setting " + "; ".join(problems)) from None
 
 
 class Settings(BaseSettings):
@@ -51,6 +71,21 @@ class Settings(BaseSettings):
         ge=0,
         description="Requests per minute per token (per client IP when auth is off) on /v1/*; 0 = unlimited.",
     )
+    auth_failures_per_minute: int = Field(
+        20,
+        ge=1,
+        description="Failed authentications per minute per client address before 429 (guessing tokens).",
+    )
+    body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="Longest time to receive a whole request body -> 408 (slow or stalled clients).",
+    )
+    keep_alive_s: int = Field(
+        5,
+        ge=1,
+        description="Idle keep-alive connections are closed after this many seconds.",
+    )
     cache_ttl_s: int = Field(
         3600,
         ge=0,
@@ -86,6 +121,31 @@ class Settings(BaseSettings):
         ge=1,
         description="Searches waiting for the engine; more -> 429 (bounded queue in front of the engine).",
     )
+    decode_slots: int = Field(
+        0,
+        ge=0,
+        description="Image decodes running at once; 0 = one per CPU core. More wait (see decode_memory_mb).",
+    )
+    decode_memory_mb: int = Field(
+        512,
+        ge=16,
+        description="Estimated peak memory of the image decodes running at once; more wait (RELIABILITY.md).",
+    )
+    max_waiting_decodes: int = Field(
+        64,
+        ge=0,
+        description="Image decodes waiting for a slot; more -> 429 overloaded.",
+    )
+    decode_wait_s: float = Field(
+        30.0,
+        gt=0,
+        description="Longest wait for a decode slot -> 429 overloaded after it.",
+    )
+    job_retention_s: int = Field(
+        7 * 24 * 3600,
+        ge=60,
+        description="A finished or failed job is kept this long in Redis (running jobs never expire).",
+    )
     device: str = Field("cpu", description="cpu or cuda: descriptor extraction and search.")
     source_root: Path | None = Field(
         None,
@@ -102,6 +162,17 @@ class Settings(BaseSettings):
     def _known_device(cls, value: str) -> str:
         if value != "cpu" and not value.startswith("cuda"):
             raise ValueError(f"device must be cpu or cuda[:N], got {value!r}")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        if value and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(
+                f"REDIS_URL must start with redis://, rediss:// or unix:// (got {value.split('://')[0]}://...)"
+                if "://" in value
+                else f"REDIS_URL must start with redis://, rediss:// or unix:// (got {value!r})"
+            )
         return value
 
     @field_validator("log_level")

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from retrieval_service.index.corpus import SourceRecord
+from services.fileio import atomic_path
 
 _COLUMNS = (
     "source_id",
@@ -39,27 +40,28 @@ CREATE TABLE sources (
 );
 CREATE TABLE classes (label INTEGER PRIMARY KEY, name TEXT NOT NULL);
 """
+# Built after the rows are in (one sort instead of per-row upkeep): /v1/sources/by-sha256 looks hashes up
+# without a scan. Manifests written before it existed still answer, by a scan.
+_SHA256_INDEX = "CREATE INDEX IF NOT EXISTS sources_sha256 ON sources (sha256)"
 _SQL_CHUNK = 500  # stays under SQLite's bound-parameter limit
 
 
 def write_manifest(path: str | os.PathLike, records: Iterable[SourceRecord], classes: Sequence[str]) -> None:
     """Write a fresh manifest at ``path`` (replacing any file there); records keep their ``source_id``."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    conn = sqlite3.connect(tmp)
-    try:
-        conn.execute("PRAGMA journal_mode=OFF")  # a fresh file renamed into place: no journal needed
-        conn.executescript(_SCHEMA)
-        with conn:
-            conn.executemany("INSERT INTO classes VALUES (?, ?)", list(enumerate(classes)))
-            conn.executemany(
-                f"INSERT INTO sources VALUES ({', '.join('?' * len(_COLUMNS))})",
-                (tuple(getattr(r, c) for c in _COLUMNS) for r in records),
-            )
-    finally:
-        conn.close()
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        conn = sqlite3.connect(tmp)
+        try:
+            conn.execute("PRAGMA journal_mode=OFF")  # a fresh file renamed into place: no journal needed
+            conn.executescript(_SCHEMA)
+            with conn:
+                conn.executemany("INSERT INTO classes VALUES (?, ?)", list(enumerate(classes)))
+                conn.executemany(
+                    f"INSERT INTO sources VALUES ({', '.join('?' * len(_COLUMNS))})",
+                    (tuple(getattr(r, c) for c in _COLUMNS) for r in records),
+                )
+                conn.execute(_SHA256_INDEX)
+        finally:
+            conn.close()
 
 
 class Manifest:
@@ -122,6 +124,22 @@ class Manifest:
                     record = SourceRecord(**dict(zip(_COLUMNS, row, strict=True)))
                     found[record.source_id] = record
         return [found.get(i) for i in wanted]
+
+    def by_sha256(self, hashes: Sequence[str]) -> dict[str, list[int]]:
+        """Source ids per SHA-256 of their file bytes, for the hashes present (ids ascending)."""
+        wanted = sorted(set(hashes))
+        found: dict[str, list[int]] = {}
+        with self._lock:
+            for start in range(0, len(wanted), _SQL_CHUNK):
+                chunk = wanted[start : start + _SQL_CHUNK]
+                marks = ", ".join("?" * len(chunk))
+                rows = self._conn.execute(
+                    f"SELECT sha256, source_id FROM sources WHERE sha256 IN ({marks}) ORDER BY source_id",
+                    chunk,
+                ).fetchall()
+                for sha256, source_id in rows:
+                    found.setdefault(sha256, []).append(int(source_id))
+        return found
 
     def all_labels(self) -> np.ndarray:
         """Labels of every source, indexed by ``source_id``; int32 (N,). Loaded once, then cached."""

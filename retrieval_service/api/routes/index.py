@@ -11,6 +11,9 @@ from services.schemas import IndexInfo
 
 router = APIRouter(prefix="/v1", tags=["index"])
 
+# Optional features a client may test for before relying on them (older services lack the field).
+CAPABILITIES = ["max_per_source", "sources.labels", "sources.sample", "sources.by_sha256"]
+
 
 @router.get("/index", response_model=IndexInfo)
 def index_info(ready: ReadyDep) -> IndexInfo:
@@ -28,6 +31,7 @@ def index_info(ready: ReadyDep) -> IndexInfo:
         index_kind=str(getattr(index.engine, "kind", None) or info.get("index_kind") or "flat"),
         created=str(info.get("created", "")),
         code_version=str(info.get("code_version", "")),
+        capabilities=list(CAPABILITIES),
     )
 
 

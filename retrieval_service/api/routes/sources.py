@@ -13,11 +13,11 @@ from retrieval_service.api.errors import InvalidRequest, NotFound, PayloadTooLar
 from retrieval_service.api.stream import content_type, stream_tar
 from retrieval_service.api.thumbnails import THUMBNAIL_MAX, THUMBNAIL_MIN, ThumbnailsDep, thumbnail_response
 from retrieval_service.index.corpus import open_source
-from services.schemas import DescriptorResponse, ErrorBody, StreamRequest
+from services.schemas import ID_LIMIT, DescriptorResponse, ErrorBody, StreamRequest
 
 router = APIRouter(prefix="/v1/sources", tags=["sources"])
 
-SourceId = Annotated[int, Path(ge=0, description="Id of a source image in this index.")]
+SourceId = Annotated[int, Path(ge=0, lt=ID_LIMIT, description="Id of a source image in this index.")]
 _NOT_FOUND = {404: {"model": ErrorBody, "description": "no such source_id"}}
 
 
@@ -32,7 +32,7 @@ def _record(ready, source_id: int):
 
 
 @router.get(
-    "/{source_id}",
+    "/{source_id:sid}",  # sid (deps.py): GET /v1/sources/stream is a 405 (POST only), not a bad id
     responses={200: {"content": {"image/*": {}}}, 304: {"description": "not modified"}, **_NOT_FOUND},
 )
 def source_image(
@@ -73,7 +73,7 @@ def source_image(
     return Response(data, media_type=content_type(record.ext), headers=headers)
 
 
-@router.get("/{source_id}/descriptor", response_model=DescriptorResponse, responses=_NOT_FOUND)
+@router.get("/{source_id:sid}/descriptor", response_model=DescriptorResponse, responses=_NOT_FOUND)
 def source_descriptor(source_id: SourceId, ready: ReadyDep) -> DescriptorResponse:
     """The stored histograms of one source image: D rows of B bins."""
     _record(ready, source_id)
