@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from retrieval_service.api.decoding import DecodeGate
 from retrieval_service.api.errors import (
     ImageTooLarge,
     InvalidRequest,
@@ -25,7 +26,7 @@ from retrieval_service.api.errors import (
 )
 from services.divergence import validate_histograms
 from services.errors import DescriptorError, ImageDecodeError, SpecMismatchError
-from services.images import load_image
+from services.images import decode_cost, load_image
 from services.schemas import NeighborsRequest, Query
 
 
@@ -95,13 +96,22 @@ def decode_b64(text: str, what: str) -> bytes:
     return data
 
 
-def decode_images(blobs: Sequence[tuple[str, bytes]], size: int, max_pixels: int) -> np.ndarray:
-    """(name, bytes) pairs -> uint8 (N, size, size, 3); errors name the query/file."""
+def decode_images(
+    blobs: Sequence[tuple[str, bytes]], size: int, max_pixels: int, gate: DecodeGate | None = None
+) -> np.ndarray:
+    """(name, bytes) pairs -> uint8 (N, size, size, 3); errors name the query/file.
+
+    With ``gate``, each decode first waits for a slot and its estimated peak memory (429 when overloaded).
+    """
     images = []
     for name, data in blobs:
         check_image_pixels(data, max_pixels, name)
         try:
-            images.append(load_image(data, size, max_pixels))
+            if gate is None:
+                images.append(load_image(data, size, max_pixels))
+                continue
+            with gate.admit(decode_cost(data, size, max_pixels), name):
+                images.append(load_image(data, size, max_pixels))
         except ImageDecodeError as exc:
             raise ImageDecodeError(f"{name}: {exc}") from exc
     return np.stack(images) if images else np.empty((0, size, size, 3), dtype=np.uint8)
@@ -194,13 +204,17 @@ def image_query(qid: str, data: bytes, k: int, offset: int, max_pixels: int, wha
 
 
 def fill_descriptors(
-    queries: Sequence[Resolved], size: int, max_pixels: int, extract: Callable[[np.ndarray], np.ndarray]
+    queries: Sequence[Resolved],
+    size: int,
+    max_pixels: int,
+    extract: Callable[[np.ndarray], np.ndarray],
+    gate: DecodeGate | None = None,
 ) -> None:
     """Decode + extract descriptors of image queries lacking one; ``extract``: (n, S, S, 3) -> (n, D, B)."""
     pending = [q for q in queries if q.descriptor is None]
     if not pending:
         return
-    batch = decode_images([(f"query {q.id!r}", q.image) for q in pending], size, max_pixels)
+    batch = decode_images([(f"query {q.id!r}", q.image) for q in pending], size, max_pixels, gate)
     for q, h in zip(pending, extract(batch), strict=True):
         q.descriptor = np.ascontiguousarray(h, dtype=np.float32)
         q.image = None  # release the encoded bytes early

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from retrieval_service.api.decoding import DecodeGate
 from retrieval_service.api.errors import NotReady
 from retrieval_service.api.metrics import ServiceMetrics
 from retrieval_service.api.searcher import Searcher
@@ -40,7 +41,8 @@ class ServiceState:
         self.settings = settings
         self.metrics = ServiceMetrics()
         self.redis = RedisState(settings.redis_url, settings.redis_timeout_s, settings.redis_retry_s)
-        self.jobs = JobRegistry(self.redis, settings.redis_prefix)
+        self.jobs = JobRegistry(self.redis, settings.redis_prefix, settings.job_retention_s)
+        self.decode_gate = DecodeGate.from_settings(settings)  # bounds memory of concurrent image decodes
         self.limiter = RateLimiter(self.redis, settings.redis_prefix, settings.rate_limit_per_minute)
         self.ready: Ready | None = None
         self.load_error: str | None = None

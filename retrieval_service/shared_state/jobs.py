@@ -4,6 +4,11 @@ Redis layout (under ``<prefix>:``): ``job:<id>`` hash (name, target, status, cre
 last_metrics, config; JSON where structured), ``job:<id>:events`` list of JSON events (capped), ``jobs``
 sorted set of ids scored by creation time. While Redis is down, jobs live in this process's memory and are
 written back when it returns (last writer wins for a job changed elsewhere meanwhile).
+
+Retention: a registered or running job's keys carry NO TTL, so a Redis run with ``volatile-*`` eviction
+never evicts them (only TTL'd cache and rate-limit keys go); a finished, failed or cancelled job's keys get
+a TTL of ``retention_s`` (``SJFT_JOB_RETENTION_S``, default 7 days) and its id leaves ``jobs`` lazily, when a
+listing finds it gone.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from retrieval_service.shared_state.connection import RedisState
 from services.schemas import Job, JobCreate, JobEvent
 
 MAX_EVENTS = 1000  # per job: a runaway reporter must not grow a key forever
+DEFAULT_RETENTION_S = 7 * 24 * 3600
+ENDED = frozenset({"finished", "failed", "cancelled"})  # statuses after which a job only waits to expire
 
 
 def _now() -> str:
@@ -43,9 +50,10 @@ def apply_event(job: Job, event: JobEvent, now: str) -> Job:
 class JobRegistry:
     """Jobs in Redis, with an in-memory fallback that is flushed back on reconnection."""
 
-    def __init__(self, state: RedisState, prefix: str):
+    def __init__(self, state: RedisState, prefix: str, retention_s: int = DEFAULT_RETENTION_S):
         self.state = state
         self._prefix = prefix
+        self.retention_s = retention_s
         self._lock = threading.Lock()
         self._memory: dict[str, Job] = {}  # every job this process wrote; authoritative only for dirty ids
         self._dirty: set[str] = set()  # ids changed while Redis was unusable
@@ -82,17 +90,29 @@ class JobRegistry:
         with self._lock:
             job = self._memory.get(job_id)
         if job is not None and found is False:
+            if self._expired(job):
+                with self._lock:
+                    self._memory.pop(job_id, None)  # retention is over: not a loss to repair
+                return None
             self._store(job)  # Redis lost it (restarted without persistence): write our copy back
         return job
+
+    def _expired(self, job: Job) -> bool:
+        return job.status in ENDED and time.time() - _score(job.updated) >= self.retention_s
 
     def list(self, limit: int = 200) -> list[Job]:
         """Most recently created first."""
         ids = self.state.run(lambda c: [i.decode() for i in c.zrevrange(self._zset, 0, limit - 1)])
         jobs: dict[str, Job] = {}
+        gone = []
         for job_id in ids or []:
             job = self.get(job_id)
             if job is not None:
                 jobs[job_id] = job
+            else:
+                gone.append(job_id)
+        if gone:  # ended jobs past their retention: their keys expired, the index entry goes now
+            self.state.run(lambda c: c.zrem(self._zset, *gone))
         with self._lock:
             for job_id, job in self._memory.items():
                 if job_id in self._dirty or ids is None:
@@ -148,8 +168,17 @@ class JobRegistry:
         if job.events:
             pipe.rpush(f"{key}:events", *[e.model_dump_json() for e in job.events])
         pipe.zadd(self._zset, {job.job_id: _score(job.created)})
+        self._retain(pipe, key, job.status)
         pipe.execute()
         return True
+
+    def _retain(self, pipe: redis.client.Pipeline, key: str, status: str) -> None:
+        """TTL on an ended job's keys; none on a live one (so volatile-* eviction never takes it)."""
+        for name in (key, f"{key}:events"):
+            if status in ENDED:
+                pipe.expire(name, self.retention_s)
+            else:
+                pipe.persist(name)
 
     def _read(self, client: redis.Redis, job_id: str) -> Job | bool:
         key = self._key(job_id)
@@ -177,6 +206,7 @@ class JobRegistry:
             pipe.hset(key, mapping={k: v for k, v in _to_hash(updated).items() if k != "created"})
             pipe.rpush(f"{key}:events", event.model_dump_json())
             pipe.ltrim(f"{key}:events", -MAX_EVENTS, -1)
+            self._retain(pipe, key, updated.status)
             holder["job"] = updated
 
         client.transaction(_update, key)

@@ -133,7 +133,10 @@ def _answer(
     size, max_pixels = ready.index.spec.size, state.settings.max_image_pixels
 
     def _prepare(misses: list[Resolved]) -> None:
-        fill_descriptors(misses, size, max_pixels, lambda batch: state.extractor().histograms(batch))
+        def extract(batch):
+            return state.extractor().histograms(batch)
+
+        fill_descriptors(misses, size, max_pixels, extract, state.decode_gate)  # decodes bounded by the gate
 
     results, cached = ready.searcher.search(resolved, metric, exact, exclude, _prepare)
     labels = ready.index.manifest.all_labels()  # (N,) int32, cached by the manifest
