@@ -242,6 +242,10 @@ class RetrievalClient:
     def source(self, source_id: int) -> bytes:
         return self._send("GET", f"/v1/sources/{int(source_id)}").content
 
+    def thumbnail(self, source_id: int, size: int = 128) -> bytes:
+        """A JPEG of the source image whose longer side is at most ``size`` px (16..1024)."""
+        return self._send("GET", f"/v1/sources/{int(source_id)}", params={"size": int(size)}).content
+
     def descriptor(self, source_id: int) -> DescriptorResponse:
         body = self._json("GET", f"/v1/sources/{int(source_id)}/descriptor")
         return DescriptorResponse.model_validate(body)
