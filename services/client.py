@@ -258,6 +258,7 @@ class RetrievalClient:
         """
         ids = [int(i) for i in ids]
         response = self._send("POST", "/v1/sources/stream", stream=True, json={"ids": ids})
+        received = 0
         try:
             with tarfile.open(fileobj=_IterStream(response.iter_bytes()), mode="r|") as tar:
                 for member in tar:
@@ -266,10 +267,15 @@ class RetrievalClient:
                     stem, _, ext = member.name.rpartition("/")[2].partition(".")
                     handle = tar.extractfile(member)
                     yield int(stem), ext, handle.read() if handle else b""
+                    received += 1
         except (httpx.TransportError, tarfile.ReadError) as exc:
             raise ServiceUnavailableError(503, "stream_broken", f"source stream broke: {exc}") from exc
         finally:
             response.close()
+        if received != len(ids):  # tar tolerates a missing trailer: a short archive must not pass as whole
+            raise ServiceUnavailableError(
+                503, "stream_broken", f"source stream ended after {received} of {len(ids)} images"
+            )
 
     def create_job(self, job: JobCreate) -> Job:
         return Job.model_validate(self._json("POST", "/v1/jobs", json=job.model_dump(mode="json")))

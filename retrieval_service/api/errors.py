@@ -66,6 +66,12 @@ class ImageTooLarge(APIError):
     status, code = 413, "image_too_large"
 
 
+class Conflict(APIError):
+    """The request is fine but the server's state conflicts with it (e.g. a source changed on disk)."""
+
+    status, code = 409, "conflict"
+
+
 class LimitExceeded(APIError):
     """A value the schema allows but this deployment does not (e.g. k + offset)."""
 

@@ -12,6 +12,8 @@ import mimetypes
 from collections.abc import Callable, Iterator, Sequence
 from typing import BinaryIO
 
+from services.errors import SJFTError
+
 log = logging.getLogger("retrieval_service")
 
 BLOCK = 512
@@ -61,9 +63,10 @@ def stream_tar(
         try:
             with open_source(source_id) as stream:
                 data = stream.read()
-        except OSError:
-            # Headers are already sent: the only signal left is to end the stream without the tar trailer.
-            log.exception("source %d became unreadable mid-stream; aborting the tar", source_id)
+        except (OSError, SJFTError):
+            # Headers are already sent: the only signal left is to abort the response (no final chunk, no
+            # tar trailer), which the client sees as a broken stream, never as a clean short archive.
+            log.exception("source %d became unreadable or changed mid-stream; aborting the tar", source_id)
             raise
         buffer += tar_header(member_name(source_id, ext), len(data))
         buffer += data

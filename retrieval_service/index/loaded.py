@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from retrieval_service.index.corpus import SourceRecord, open_source
+from retrieval_service.index.integrity import read_verified
 from retrieval_service.index.manifest import Manifest
 from services.errors import IndexIntegrityError
 from services.fileio import file_sha256
@@ -140,6 +141,10 @@ class LoadedIndex:
     def open_source(self, source_id: int) -> BinaryIO:
         """A binary stream of the source image's bytes (``KeyError``: unknown id; ``OSError``: file gone)."""
         return open_source(self.source_root, self.record(source_id))
+
+    def read_source(self, source_id: int) -> bytes:
+        """The source's bytes, checked against the manifest (``SourceMissing``, ``SourceChanged``)."""
+        return read_verified(self.source_root, self.record(source_id))
 
     def close(self) -> None:
         self.manifest.close()

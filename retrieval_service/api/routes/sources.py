@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 import hashlib
+import io
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query
 from fastapi.responses import Response, StreamingResponse
 
 from retrieval_service.api.deps import ReadyDep, StateDep
-from retrieval_service.api.errors import InvalidRequest, NotFound, PayloadTooLarge
+from retrieval_service.api.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
 from retrieval_service.api.stream import content_type, stream_tar
 from retrieval_service.api.thumbnails import THUMBNAIL_MAX, THUMBNAIL_MIN, ThumbnailsDep, thumbnail_response
-from retrieval_service.index.corpus import open_source
+from retrieval_service.index.integrity import SourceChanged, SourceMissing, check_present, read_verified
 from services.schemas import ID_LIMIT, DescriptorResponse, ErrorBody, StreamRequest
 
 router = APIRouter(prefix="/v1/sources", tags=["sources"])
 
 SourceId = Annotated[int, Path(ge=0, lt=ID_LIMIT, description="Id of a source image in this index.")]
 _NOT_FOUND = {404: {"model": ErrorBody, "description": "no such source_id"}}
+_DRIFT = {
+    404: {"model": ErrorBody, "description": "no such source_id, or its file is gone (source_missing)"},
+    409: {"model": ErrorBody, "description": "its file changed since the build (source_changed)"},
+}
 
 
 def _record(ready, source_id: int):
@@ -31,9 +36,37 @@ def _record(ready, source_id: int):
     return record
 
 
+def _check_present(root, records) -> None:
+    """Before a stream's first byte: 404 naming sources whose files are gone, 409 those of another size."""
+    missing, changed = check_present(root, records)
+    if missing:
+        raise NotFound(
+            f"source file(s) missing from the corpus: ids {', '.join(map(str, missing[:20]))}",
+            {"missing_source_ids": missing[:1000]},
+            code="source_missing",
+        )
+    if changed:
+        raise Conflict(
+            f"source file(s) changed since the build: ids {', '.join(map(str, changed[:20]))}",
+            {"changed_source_ids": changed[:1000]},
+            code="source_changed",
+        )
+
+
+def _verified(ready, record) -> bytes:
+    """The source's bytes as built: 404 ``source_missing`` if its file is gone, 409 ``source_changed`` if
+    its bytes differ from the manifest's sha256 (never served under the old ETag)."""
+    try:
+        return read_verified(ready.index.source_root, record)
+    except SourceMissing as exc:
+        raise NotFound(str(exc), {"source_id": record.source_id}, code="source_missing") from exc
+    except SourceChanged as exc:
+        raise Conflict(str(exc), {"source_id": record.source_id}, code="source_changed") from exc
+
+
 @router.get(
     "/{source_id:sid}",  # sid (deps.py): GET /v1/sources/stream is a 405 (POST only), not a bad id
-    responses={200: {"content": {"image/*": {}}}, 304: {"description": "not modified"}, **_NOT_FOUND},
+    responses={200: {"content": {"image/*": {}}}, 304: {"description": "not modified"}, **_DRIFT},
 )
 def source_image(
     source_id: SourceId,
@@ -55,8 +88,7 @@ def source_image(
     if size is not None:
 
         def _read() -> bytes:
-            with ready.index.open_source(source_id) as stream:
-                return stream.read()
+            return _verified(ready, record)
 
         max_pixels = state.settings.max_image_pixels
         return thumbnail_response(record.sha256, _read, size, if_none_match, thumbnails, max_pixels)
@@ -66,8 +98,7 @@ def source_image(
         headers["ETag"] = etag
         if if_none_match and etag in [t.strip() for t in if_none_match.split(",")] + ["*"]:
             return Response(status_code=304, headers=headers)
-    with ready.index.open_source(source_id) as stream:
-        data = stream.read()
+    data = _verified(ready, record)
     if not record.sha256:
         headers["ETag"] = f'"{hashlib.sha256(data).hexdigest()}"'
     return Response(data, media_type=content_type(record.ext), headers=headers)
@@ -85,7 +116,7 @@ def source_descriptor(source_id: SourceId, ready: ReadyDep) -> DescriptorRespons
     "/stream",
     responses={
         200: {"content": {"application/x-tar": {}}},
-        **_NOT_FOUND,
+        **_DRIFT,
         413: {"model": ErrorBody, "description": "too many ids"},
     },
 )
@@ -106,14 +137,14 @@ def stream_sources(body: StreamRequest, state: StateDep, ready: ReadyDep) -> Str
         raise NotFound(
             f"unknown source_id {', '.join(map(str, unknown[:20]))}", {"unknown_source_ids": unknown[:1000]}
         )
+    root = ready.index.source_root
+    _check_present(root, records)
     items = [(r.source_id, r.ext) for r in records]
     by_id = {r.source_id: r for r in records}
-    root = ready.index.source_root
 
     def _open(source_id: int):
-        return open_source(
-            root, by_id[source_id]
-        )  # the records are in hand: no second manifest query per file
+        # Hashed per member: a file replaced after the check above aborts the stream (the client raises).
+        return io.BytesIO(read_verified(root, by_id[source_id]))
 
     return StreamingResponse(
         stream_tar(items, _open, state.metrics.streamed.inc),
