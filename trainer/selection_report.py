@@ -198,19 +198,22 @@ class _Thumbs:
 
 CSS = """
 body{font:13px/1.4 system-ui,sans-serif;margin:1.5rem;color:#1d2330}
-h1{font-size:1.3rem}h2{font-size:1.05rem;margin-top:2rem}.muted{color:#667085}
+h1{font-size:1.3rem}h2{font-size:1.05rem;margin-top:2rem}.muted{color:#667085}.scroll{overflow-x:auto}
 table{border-collapse:collapse}th,td{border:1px solid #e3e6ee;padding:2px 6px;text-align:right}
-th{background:#f4f5f8;font-weight:600}td.hi{background:#d7f5de;font-weight:600}tr.base td{color:#667085}
+th{background:#f4f5f8;font-weight:600}th.col{writing-mode:vertical-rl;transform:rotate(180deg);text-align:left}
+td.hi{background:#d7f5de;font-weight:600}tr.base td{color:#667085}
 .target{display:flex;gap:1rem;border-top:1px solid #e3e6ee;padding:.6rem 0}
 .round{margin:.2rem 0}.picks{display:flex;flex-wrap:wrap;gap:4px}
 figure{margin:0;width:100px;font-size:11px}figure img,.ph{width:96px;height:96px;object-fit:contain;
 background:#eee;display:block}figure.new{outline:2px solid #2f6fde}
-figcaption{overflow:hidden;white-space:nowrap;text-overflow:ellipsis}
+figcaption span{display:block;overflow:hidden;white-space:nowrap;text-overflow:ellipsis}
 """
 
 
-def _figure(thumb: str | None, caption: str, css: str = "") -> str:
+def _figure(thumb: str | None, lines: Sequence[str], css: str = "") -> str:
+    """A thumbnail (or a grey placeholder) over caption lines; every text is escaped here."""
     image = f'<img src="{html.escape(thumb)}" alt="">' if thumb else '<div class="ph"></div>'
+    caption = "".join(f'<span title="{html.escape(t)}">{html.escape(t)}</span>' for t in lines)
     return f'<figure class="{css}">{image}<figcaption>{caption}</figcaption></figure>'
 
 
@@ -220,7 +223,8 @@ def _class_table(shares, baseline, kind) -> str:
         totals.update(row)
     columns = [c for c, _ in totals.most_common(MAX_COLUMNS)]
     other = len(totals) > len(columns)
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns) + ("<th>other</th>" if other else "")
+    head = "".join(f"<th class='col'>{html.escape(c)}</th>" for c in columns)
+    head += "<th class='col'>other</th>" if other else ""
     rows = []
     for target, row in shares.items():
         cells = []
@@ -238,7 +242,7 @@ def _class_table(shares, baseline, kind) -> str:
     return (
         f"<p class='muted'>Share of each target class's selected sources (last round) by source class; "
         f"green: at least twice the random share. Random baseline: {html.escape(kind)}.</p>"
-        f"<table><tr><th>target \\ source</th>{head}</tr>{''.join(rows)}</table>"
+        f"<div class='scroll'><table><tr><th>target \\ source</th>{head}</tr>{''.join(rows)}</table></div>"
     )
 
 
@@ -255,16 +259,14 @@ def _html(
         "<h2>Selected sources of sampled target images</h2>",
     ]
     for i in sample:
-        target = _figure(
-            thumbs(f"t{i}.jpg", Path(paths[i])), html.escape(f"{classes[labels[i]]}: {Path(paths[i]).name}")
-        )
+        target = _figure(thumbs(f"t{i}.jpg", Path(paths[i])), [classes[labels[i]], Path(paths[i]).name])
         per_round, before = [], set()
         for r, per_target in enumerate(rounds):
             chosen = per_target[i]
             figures = "".join(
                 _figure(
                     thumbs(f"s{p.source_id}.jpg", find(p.source_id)),
-                    html.escape(f"{p.distance:.4f} {p.class_name} #{p.source_id}"),
+                    [f"{p.distance:.4f}", p.class_name, f"#{p.source_id}"],
                     "new" if r and p.source_id not in before else "",
                 )
                 for p in chosen[:max_shown]
@@ -280,7 +282,7 @@ def _html(
     if excluded:
         parts.append(
             "<div class='picks'>"
-            + "".join(_figure(thumbs(f"s{s}.jpg", find(s)), f"#{s}") for s in excluded)
+            + "".join(_figure(thumbs(f"s{s}.jpg", find(s)), [f"#{s}"]) for s in excluded)
             + "</div>"
         )
     else:

@@ -18,8 +18,10 @@ def thumbnail(path: Path | None, px: int) -> Image.Image | None:
         with Image.open(path) as img:
             img.draft("RGB", (px, px))
             img = img.convert("RGB")
-            img.thumbnail((px, px))
-            return img
+            # Fit the cell both ways: corpora of small images (CIFAR, the demo's 64 px) stay legible.
+            scale = px / max(img.size)
+            size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+            return img.resize(size, Image.Resampling.LANCZOS if scale < 1 else Image.Resampling.BICUBIC)
     except (OSError, ValueError):
         return None  # an unreadable cached file shows the placeholder, never breaks the report
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import uuid
 from pathlib import Path
@@ -10,7 +11,13 @@ import httpx
 import pytest
 from PIL import Image
 
-from retrieval_service.api.thumbnails import ThumbnailCache, if_none_match_hits, make_thumbnail
+from retrieval_service.api.thumbnails import (
+    ThumbnailCache,
+    if_none_match_hits,
+    make_thumbnail,
+    thumbnail_etag,
+    thumbnail_response,
+)
 from retrieval_service.index.manifest import Manifest
 from services.errors import ImageDecodeError
 from tests.retrieval.live_server import build_test_index, live_server, shared_index_root
@@ -133,3 +140,24 @@ def test_thumbnail_cache_evicts_least_recently_used_within_its_byte_budget():
 def test_if_none_match_parsing():
     assert if_none_match_hits('"x", W/"y"', '"y"') and if_none_match_hits("*", '"z"')
     assert not if_none_match_hits(None, '"y"') and not if_none_match_hits('"yy"', '"y"')
+
+
+def test_thumbnail_response_without_a_manifest_hash_names_the_bytes():
+    out = io.BytesIO()
+    Image.new("RGB", (50, 30), (10, 200, 30)).save(out, "PNG")
+    data, reads = out.getvalue(), []
+
+    def read() -> bytes:
+        reads.append(1)
+        return data
+
+    cache = ThumbnailCache()
+    first = thumbnail_response(None, read, 20, None, cache, 10**6)
+    etag = first.headers["etag"]
+    assert etag == thumbnail_etag(hashlib.sha256(data).hexdigest(), 20) and first.media_type == "image/jpeg"
+    assert thumbnail_response(None, read, 20, etag, cache, 10**6).status_code == 304
+    # With a manifest hash, a cached thumbnail is answered without reading the source at all.
+    thumbnail_response("ab" * 32, read, 20, None, cache, 10**6)
+    reads.clear()
+    again = thumbnail_response("ab" * 32, read, 20, None, cache, 10**6)
+    assert again.status_code == 200 and not reads
