@@ -44,6 +44,7 @@ def browser():
     options.binary_location = binary
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000"):
         options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # script errors and CSP violations
     driver = webdriver.Chrome(options=options, service=Service(driver_path))
     try:
         yield driver
@@ -94,6 +95,30 @@ THUMBS_LOADED = (
 
 def cards(driver, selector: str = "#results") -> list[tuple[int, float]]:
     return [(int(s), float(d)) for s, d in js(driver, CARDS.format(sel=selector))]
+
+
+def script_errors(driver) -> list[str]:
+    """Uncaught script errors and CSP violations in the browser console (refused HTTP calls are expected)."""
+    entries = driver.get_log("browser")
+    severe = [e["message"] for e in entries if e["level"] == "SEVERE"]
+    return [m for m in severe if "Failed to load resource" not in m]
+
+
+DROP = """
+const [names, done] = [arguments[0], arguments[arguments.length - 1]];
+const canvas = document.createElement('canvas');
+canvas.width = canvas.height = 48;
+const ctx = canvas.getContext('2d');
+for (let x = 0; x < 48; x += 6) { ctx.fillStyle = x % 12 ? '#222' : '#ddd'; ctx.fillRect(x, 0, 6, 48); }
+canvas.toBlob((blob) => {
+  const transfer = new DataTransfer();
+  names.forEach((name) => transfer.items.add(new File([blob], name, {type: 'image/png'})));
+  const drop = document.getElementById('drop');
+  drop.dispatchEvent(new DragEvent('dragover', {dataTransfer: transfer, bubbles: true, cancelable: true}));
+  drop.dispatchEvent(new DragEvent('drop', {dataTransfer: transfer, bubbles: true, cancelable: true}));
+  done(true);
+}, 'image/png');
+"""
 
 
 def query_image(tmp_path: Path) -> Path:
@@ -163,6 +188,7 @@ def test_upload_browse_sources_and_jobs(browser, base_url, job, tmp_path):
     )
 
     assert TOKEN not in browser.current_url
+    assert not script_errors(browser)
     shot = tmp_path / "ui.png"
     assert browser.save_screenshot(str(shot)) and Image.open(shot).size[0] > 0
 
@@ -178,3 +204,21 @@ def test_a_wrong_token_shows_the_services_error(browser, base_url):
     info = browser.find_element(By.ID, "index-info")
     wait(browser, lambda d: "invalid bearer token" in info.text, "the 401 message")
     assert "error" in browser.find_element(By.ID, "index-info").get_attribute("class")
+
+
+def test_dropping_several_images_gives_one_grid_each(browser, base_url):
+    from selenium.webdriver.common.by import By
+
+    browser.get(f"{base_url}/ui")  # the token is still in this tab's sessionStorage
+    token = browser.find_element(By.ID, "token")
+    token.clear()
+    token.send_keys(TOKEN)
+    browser.find_element(By.ID, "token-save").click()
+    # Two dropped files with the same name: result ids must stay unique, so the second one is renamed.
+    browser.execute_async_script(DROP, ["a.png", "a.png", "b.png"])
+    wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".result")) == 3, "three result grids")
+    ids = [e.get_attribute("data-query-id") for e in browser.find_elements(By.CSS_SELECTOR, ".result")]
+    assert ids == ["a.png", "2-a.png", "b.png"]
+    grids = [cards(browser, f'.result[data-query-id="{i}"]') for i in ids]
+    assert grids[0] == grids[1] and all(len(g) == K for g in grids)  # same bytes, same neighbors
+    assert not script_errors(browser)
