@@ -23,9 +23,6 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval_service.index.corpus import Corpus, enumerate_corpus
-from retrieval_service.index.loaded import INDEX_FORMAT, file_sha256, fsync_path
-from retrieval_service.index.manifest import write_manifest
 from retrieval_service.build.staging import (
     REPORT_FILE,
     BuildError,
@@ -36,8 +33,13 @@ from retrieval_service.build.staging import (
     prepare_partial,
     write_json,
 )
+from retrieval_service.build.stamps import invalidate_changed_shards
+from retrieval_service.index.corpus import Corpus, enumerate_corpus
+from retrieval_service.index.loaded import INDEX_FORMAT, fsync_path
+from retrieval_service.index.manifest import write_manifest
 from retrieval_service.version import __version__
 from services.errors import SJFTError
+from services.fileio import file_sha256
 from services.spec import DescriptorSpec
 
 log = logging.getLogger("retrieval_service.build.builder")
@@ -78,8 +80,18 @@ def build_index(
     kind: str = "auto",
     force: bool = False,
     progress: bool = True,
+    ray: str | None = None,
+    ray_gpus_per_task: float = 0.0,
+    image_column: str = "image",
+    label_column: str = "label",
+    follow_symlinks: bool = False,
 ) -> BuildReport:
-    """Build (or resume building) the index of ``source`` into ``out``; raises :class:`BuildError`."""
+    """Build (or resume building) the index of ``source`` into ``out``; raises :class:`BuildError`.
+
+    ``ray``: extract the shards as Ray tasks (``ray_runner.py``: "local", "auto" or a cluster address)
+    instead of ``workers`` local processes; the index is the same byte for byte, and either kind of
+    build resumes the other's finished shards.
+    """
 
     started = time.perf_counter()
     for name, value, low in (
@@ -100,7 +112,9 @@ def build_index(
 
     timings: dict[str, float] = {}
     try:
-        corpus = enumerate_corpus(source)
+        corpus = enumerate_corpus(
+            source, image_column=image_column, label_column=label_column, follow_symlinks=follow_symlinks
+        )
     except SJFTError as exc:
         raise BuildError(str(exc)) from exc
     if not corpus.records:
@@ -163,20 +177,23 @@ def build_index(
         fsync_path(spec_path)
     timings["fit_edges"] = time.perf_counter() - t
 
+    # Resume reuses a finished shard only if its files are unchanged (same size AND mtime): stamps.py.
+    invalidate_changed_shards(partial / "shards", corpus.root, corpus.records, shard_size)
     t = time.perf_counter()
     n_shards = -(-len(corpus.records) // shard_size)  # ceil
-    with cpu_threads(spec, torch_device):
-        extracted, resumed = extract_shards(
-            corpus,
-            spec,
-            partial / "shards",
-            torch_device,
-            conv_weights,
-            shard_size,
-            batch_size,
-            workers,
-            progress,
+    if ray is not None:
+        from retrieval_service.build.ray_runner import extract_shards_on_ray
+
+        extracted, resumed = extract_shards_on_ray(
+            corpus, spec, partial / "shards", conv_weights, shard_size, batch_size, ray, progress,
+            cpus=workers or None, gpus_per_task=ray_gpus_per_task,
         )
+    else:
+        with cpu_threads(spec, torch_device):
+            extracted, resumed = extract_shards(
+                corpus, spec, partial / "shards", torch_device, conv_weights,
+                shard_size, batch_size, workers, progress,
+            )
     timings["extract"] = time.perf_counter() - t
     images_per_s = extracted / timings["extract"] if extracted else 0.0
 
@@ -215,8 +232,8 @@ def _assemble(
     corpus: Corpus, spec: DescriptorSpec, partial: Path, shard_size: int, kind: str, device, progress: bool
 ) -> tuple[int, list[dict], dict[str, str]]:
     """Shards -> engine files and manifest in ``partial``; returns (size, skipped, engine checksums)."""
-    from retrieval_service.search.engine import SearchEngine
     from retrieval_service.build.extraction import load_shards
+    from retrieval_service.search.engine import SearchEngine
 
     try:
         shards = load_shards(partial / "shards", len(corpus.records), shard_size, spec.dim, spec.bins)
@@ -240,6 +257,9 @@ def _assemble(
             sha256=str(shards.sha256[i]),
             width=int(shards.width[i]),
             height=int(shards.height[i]),
+            # Table rows are known by their bytes only: format and size come from the decoded header.
+            ext=corpus.records[shards.positions[i]].ext or str(shards.ext[i]),
+            nbytes=corpus.records[shards.positions[i]].nbytes or int(shards.nbytes[i]),
         )
         for new_id, i in enumerate(kept)
     ]

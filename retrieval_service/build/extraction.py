@@ -1,8 +1,10 @@
 """The two passes of a build over the images: fitting the bin edges on a seeded sample, and extracting shards.
 
-Workers of a torch DataLoader read and decode (``load_image``), the main process runs the extractor. Batches
-never cross a shard boundary and always hold the same positions for a given corpus and settings, so a resumed
-build feeds the extractor exactly the batches an uninterrupted one would.
+On CPU, ``workers`` processes each decode and extract whole batches (``pool.py``); on a GPU, workers of a
+torch DataLoader decode and the main process runs the extractor. Batches never cross a shard boundary and
+always hold the same positions for a given corpus and settings (``workers.batch_plan``), so a resumed build,
+or a build on Ray (``ray_runner.py``), feeds the extractor exactly the batches an uninterrupted local one
+would.
 """
 
 from __future__ import annotations
@@ -18,8 +20,18 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from retrieval_service.build.pool import describe_in_processes
+from retrieval_service.build.shards import (
+    DecodedBatch,
+    Shard,
+    SourceImages,
+    make_loader,
+    read_shard,
+    shard_path,
+    write_shard,
+)
+from retrieval_service.build.workers import ExtractionSetup, batch_plan, describe_batch, histograms_of
 from retrieval_service.index.corpus import Corpus
-from retrieval_service.build.shards import DecodedBatch, Shard, make_loader, read_shard, shard_path, write_shard
 from services.extract import DescriptorExtractor, fit_edges
 from services.spec import DescriptorSpec
 
@@ -49,10 +61,6 @@ def cpu_threads(spec: DescriptorSpec, device: torch.device) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
-
-
-def _chunks(start: int, stop: int, size: int) -> list[list[int]]:
-    return [list(range(s, min(s + size, stop))) for s in range(start, stop, size)]
 
 
 def fit_spec_edges(
@@ -94,6 +102,39 @@ def fit_spec_edges(
     return spec
 
 
+def pending_shards(shard_dir: Path, n: int, shard_size: int, dim: int, bins: int) -> tuple[list[tuple], int]:
+    """([(index, start, stop)] of the shards still to extract, number of shards already finished)."""
+    n_shards = -(-n // shard_size)
+    pending = []
+    for i in range(n_shards):
+        start, stop = i * shard_size, min((i + 1) * shard_size, n)
+        if read_shard(shard_path(shard_dir, i), start, stop, dim, bins) is None:
+            pending.append((i, start, stop))
+    resumed = n_shards - len(pending)
+    if resumed:
+        log.info("resuming: %d of %d shards already finished", resumed, n_shards)
+    return pending, resumed
+
+
+def _described(
+    corpus: Corpus, spec: DescriptorSpec, device: torch.device, conv_weights, batches, workers: int
+) -> Iterator[tuple[DecodedBatch, np.ndarray]]:
+    """(batch, float32 (n_ok, D, B)) per batch, in order. CPU: ``workers`` processes that decode and
+    extract (0: this process); GPU: ``workers`` decoding processes feed the one extractor on the device."""
+    if device.type == "cpu" and workers > 0:
+        setup = ExtractionSetup.of(spec, device, conv_weights)
+        yield from describe_in_processes(setup, corpus.root, corpus.records, batches, workers)
+        return
+    extractor = make_extractor(spec, device, conv_weights)
+    if device.type == "cpu":
+        images = SourceImages(corpus.root, corpus.records, spec.size)
+        for positions in batches:
+            yield describe_batch(extractor, images, positions)
+        return
+    for batch in make_loader(corpus.root, corpus.records, spec.size, batches, workers):
+        yield batch, histograms_of(extractor, batch)
+
+
 def extract_shards(
     corpus: Corpus,
     spec: DescriptorSpec,
@@ -108,21 +149,11 @@ def extract_shards(
     """Write every missing shard; returns (images processed in this run, shards found finished)."""
     n = len(corpus.records)
     n_shards = -(-n // shard_size)
-    pending = []
-    for i in range(n_shards):
-        start, stop = i * shard_size, min((i + 1) * shard_size, n)
-        if read_shard(shard_path(shard_dir, i), start, stop, spec.dim, spec.bins) is None:
-            pending.append((i, start, stop))
-    resumed = n_shards - len(pending)
-    if resumed:
-        log.info("resuming: %d of %d shards already finished", resumed, n_shards)
+    pending, resumed = pending_shards(shard_dir, n, shard_size, spec.dim, spec.bins)
     if not pending:
         return 0, resumed
-    batches = [chunk for _, start, stop in pending for chunk in _chunks(start, stop, batch_size)]
+    batches = [chunk for _, start, stop in pending for chunk in batch_plan(start, stop, batch_size)]
     total = sum(stop - start for _, start, stop in pending)
-    extractor = make_extractor(spec, device, conv_weights)
-    loader = make_loader(corpus.root, corpus.records, spec.size, batches, workers)
-
     bar = tqdm(
         total=total, unit="img", desc="extract", disable=not progress, dynamic_ncols=True, smoothing=0.05
     )
@@ -131,13 +162,9 @@ def extract_shards(
     index, start, stop = next(queue)
     parts: list[DecodedBatch] = []
     hists: list[np.ndarray] = []
-    for batch in loader:
+    for batch, hist in _described(corpus, spec, device, conv_weights, batches, workers):
         parts.append(batch)
-        hists.append(
-            extractor.histograms(batch.images.numpy())
-            if batch.ok.any()
-            else np.empty((0, spec.dim, spec.bins), np.float32)
-        )  # (n_ok, D, B)
+        hists.append(hist)  # (n_ok, D, B)
         done += len(batch.positions)
         skipped += int((~batch.ok).sum())
         bar.update(len(batch.positions))

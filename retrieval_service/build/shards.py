@@ -2,8 +2,9 @@
 
 A shard ``shards/shard-00000.npz`` covers candidate positions ``[i * shard_size, (i + 1) * shard_size)`` of
 the sorted corpus and holds, per candidate: ``positions`` int64, ``ok`` bool, ``hists`` float16 (n, D, B)
-(zero rows where not ok), ``sha256`` (hex), ``width``/``height`` int32 (original size) and ``reasons`` (why
-not ok). Shards are written to a temporary file, fsynced and renamed, so a shard file that exists is complete.
+(zero rows where not ok), ``sha256`` (hex), ``width``/``height`` int32 (original size), ``reasons`` (why
+not ok), ``ext`` (the format read from the header) and ``nbytes``. Shards are written to a temporary file,
+fsynced and renamed, so a shard file that exists is complete.
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ from services.fileio import atomic_writer
 from services.images import load_image, probe_image
 
 MAX_REASON = 300  # characters of a skip reason kept in the shard and the report
+FORMAT_EXTS = {
+    "JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp",
+    "TIFF": "tif",
+}
 
 
 @dataclass
@@ -35,10 +40,13 @@ class DecodedBatch:
     width: np.ndarray  # (n,) int32
     height: np.ndarray  # (n,) int32
     reasons: list[str]
+    ext: list[str]  # from the decoded header ("jpg", "png", ...): table rows have no file name
+    nbytes: np.ndarray  # (n,) int64 encoded size
 
 
 class SourceImages(Dataset):
-    """Item ``pos`` -> (pos, uint8 (S, S, 3) or None, sha256, width, height, reason); never raises."""
+    """Item ``pos`` -> (pos, uint8 (S, S, 3) or None, sha256, width, height, reason, ext, nbytes); never
+    raises."""
 
     def __init__(self, root: Path, records: list[SourceRecord], size: int):
         self.root, self.records, self.size = Path(root), records, size
@@ -51,14 +59,15 @@ class SourceImages(Dataset):
         try:
             data = open_source_bytes(self.root, record)
             if not data:
-                return pos, None, "", 0, 0, "empty file"
-            width, height, _ = probe_image(data)
+                return pos, None, "", 0, 0, "empty file", "", 0
+            width, height, kind = probe_image(data)
             image = load_image(data, self.size)
         except (ImageDecodeError, UnsafeSourcePath, CorpusError) as exc:
-            return pos, None, "", 0, 0, str(exc)[:MAX_REASON] or type(exc).__name__
+            return pos, None, "", 0, 0, str(exc)[:MAX_REASON] or type(exc).__name__, "", 0
         except OSError as exc:  # vanished, unreadable or truncated-on-disk file: skip it, keep building
-            return pos, None, "", 0, 0, f"cannot read: {exc.strerror or exc}"[:MAX_REASON]
-        return pos, image, hashlib.sha256(data).hexdigest(), width, height, ""
+            return pos, None, "", 0, 0, f"cannot read: {exc.strerror or exc}"[:MAX_REASON], "", 0
+        ext = FORMAT_EXTS.get(kind, kind.lower()[:8])
+        return pos, image, hashlib.sha256(data).hexdigest(), width, height, "", ext, len(data)
 
 
 def collate(items: list[tuple]) -> DecodedBatch:
@@ -73,6 +82,8 @@ def collate(items: list[tuple]) -> DecodedBatch:
         width=np.array([item[3] for item in items], dtype=np.int32),
         height=np.array([item[4] for item in items], dtype=np.int32),
         reasons=[item[5] for item in items],
+        ext=[item[6] for item in items],
+        nbytes=np.array([item[7] for item in items], dtype=np.int64),
     )
 
 
@@ -98,6 +109,8 @@ class Shard:
     width: np.ndarray  # (n,) int32
     height: np.ndarray  # (n,) int32
     reasons: np.ndarray  # (n,) str
+    ext: np.ndarray  # (n,) str, from the decoded header
+    nbytes: np.ndarray  # (n,) int64
 
     @classmethod
     def from_batches(cls, batches: list[DecodedBatch], hists: list[np.ndarray], dim: int, bins: int) -> Shard:
@@ -113,6 +126,8 @@ class Shard:
             width=np.concatenate([b.width for b in batches]),
             height=np.concatenate([b.height for b in batches]),
             reasons=np.array([r for b in batches for r in b.reasons], dtype=f"<U{MAX_REASON}"),
+            ext=np.array([e for b in batches for e in b.ext], dtype="<U8"),
+            nbytes=np.concatenate([b.nbytes for b in batches]),
         )
 
 

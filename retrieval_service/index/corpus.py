@@ -10,6 +10,7 @@ Enumeration is sorted, so the same corpus always gives the same candidate order:
   holding a class index or a class name. If every ``.cls`` is an integer it is the label and names come from
   an optional ``classes.txt`` (one name per line) next to the shards, else ``str(label)``; otherwise the
   sorted distinct names are the classes. An image without a ``.cls`` is reported as skipped.
+- Parquet / Arrow tables and ``.csv`` / ``.jsonl`` lists: ``tables.py``.
 
 ``SourceRecord.source_id`` from :func:`enumerate_corpus` is the candidate's position in this sorted order; the
 build renumbers readable images ``0..N-1`` in the same order (see ``build.py``). Uncompressed tars only:
@@ -31,6 +32,7 @@ from services.errors import SJFTError
 
 IMAGE_EXTS = frozenset({"jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm", "pgm", "pbm"})
 MAX_CLS_BYTES = 4096
+LINK_PREFIX = "link:"  # member of a record whose path is a followed symlink's target outside the root
 
 
 class CorpusError(SJFTError):
@@ -73,53 +75,93 @@ class Corpus:
     skipped: list[dict] = field(default_factory=list)  # {"path", "member", "reason"}
 
 
-def enumerate_corpus(source: str | os.PathLike) -> Corpus:
-    """Enumerate ``source`` (ImageFolder tree, tar directory, tar glob or one tar); raises ``CorpusError``."""
+def enumerate_corpus(
+    source: str | os.PathLike,
+    *,
+    image_column: str = "image",
+    label_column: str = "label",
+    follow_symlinks: bool = False,
+) -> Corpus:
+    """Enumerate ``source``: an ImageFolder tree, tar shards (directory, glob or one file), Parquet files
+    (file, directory or glob), a ``datasets`` ``save_to_disk`` directory, or a ``.csv`` / ``.jsonl`` list
+    (``tables.py``); raises ``CorpusError``."""
+    from retrieval_service.index import tables
+
     text = os.fspath(source)
     if glob.has_magic(text) and not Path(text).exists():
-        tars = sorted(Path(p).resolve() for p in glob.glob(text) if p.endswith(".tar") and Path(p).is_file())
-        if not tars:
-            raise CorpusError(f"no .tar files match {text!r}")
-        root = Path(os.path.commonpath([str(t.parent) for t in tars]))
-        return _enumerate_tars(root, tars)
+        matches = sorted(Path(p).resolve() for p in glob.glob(text) if Path(p).is_file())
+        tars = [p for p in matches if p.name.endswith(".tar")]
+        columnar = [p for p in matches if _ext(p.name) in tables.COLUMNAR_EXTS]
+        if not tars and not columnar:
+            raise CorpusError(f"no .tar or .parquet files match {text!r}")
+        files = tars or columnar
+        root = Path(os.path.commonpath([str(t.parent) for t in files]))
+        if tars:
+            return _enumerate_tars(root, tars)
+        return tables.enumerate_table(root, columnar, image_column, label_column)
     path = Path(text)
     if not path.exists():
         raise CorpusError(f"source not found: {text}")
     path = path.resolve()
     if path.is_file():
+        if _ext(path.name) in tables.COLUMNAR_EXTS:
+            return tables.enumerate_table(path.parent, [path], image_column, label_column)
+        if _ext(path.name) in tables.LIST_EXTS:
+            return tables.enumerate_listed(path)
         if not path.name.endswith(".tar"):
-            raise CorpusError(f"source file is not a .tar shard: {path}")
+            raise CorpusError(f"source file is not a .tar shard, .parquet, .arrow, .csv or .jsonl: {path}")
         return _enumerate_tars(path.parent, [path])
+    arrow = tables.dataset_files(path)
+    if arrow is not None:
+        return tables.enumerate_table(path, arrow, image_column, label_column)
     subdirs = [p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")]
     tars = sorted(p for p in path.glob("*.tar") if p.is_file())
     if tars and not subdirs:
         return _enumerate_tars(path, tars)
-    return _enumerate_folder(path, sorted(subdirs, key=lambda p: p.name))
+    parquet = sorted(p for p in path.rglob("*.parquet") if p.is_file())
+    if parquet:  # a dataset pushed as Parquet: data/<split>-00000-of-0000N.parquet
+        return tables.enumerate_table(path, parquet, image_column, label_column)
+    return _enumerate_folder(path, sorted(subdirs, key=lambda p: p.name), follow_symlinks)
 
 
-def _enumerate_folder(root: Path, class_dirs: list[Path]) -> Corpus:
+def _enumerate_folder(root: Path, class_dirs: list[Path], follow_symlinks: bool = False) -> Corpus:
+    """With ``follow_symlinks``, linked directories are walked (each real directory once) and a link that
+    leaves ``root`` is kept: its record's ``path`` is the resolved target and ``member`` is ``link:<rel>``."""
     classes = [d.name for d in class_dirs]
     records: list[SourceRecord] = []
     skipped: list[dict] = []
     for label, class_dir in enumerate(class_dirs):
         files: list[tuple[str, Path]] = []
-        for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=False):
-            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        seen: set[str] = set()
+        for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=follow_symlinks):
+            seen.add(os.path.realpath(dirpath))
+            dirnames[:] = [
+                d
+                for d in dirnames
+                if not d.startswith(".") and os.path.realpath(os.path.join(dirpath, d)) not in seen
+            ]
             for name in filenames:
                 if not name.startswith(".") and _ext(name) in IMAGE_EXTS:
                     full = Path(dirpath) / name
                     files.append((full.relative_to(root).as_posix(), full))
         for rel, _ in sorted(files):
+            path, member = rel, None
             try:
                 safe = _safe_join(root, rel)
             except UnsafeSourcePath as exc:
-                skipped.append({"path": rel, "member": None, "reason": str(exc)})
-                continue
+                if not follow_symlinks:
+                    reason = f"{exc} (a symlink; pass --follow-symlinks to index links that leave the root)"
+                    skipped.append({"path": rel, "member": None, "reason": reason})
+                    continue
+                safe = (root / rel).resolve()
+                path, member = str(safe), f"{LINK_PREFIX}{rel}"
             if not safe.is_file():  # FIFOs, sockets, dangling links: reading them could hang or fail
                 skipped.append({"path": rel, "member": None, "reason": "not a regular file"})
                 continue
             records.append(
-                SourceRecord(len(records), rel, None, label, classes[label], _ext(rel), safe.stat().st_size)
+                SourceRecord(
+                    len(records), path, member, label, classes[label], _ext(rel), safe.stat().st_size
+                )
             )
     return Corpus(root, "folder", classes, records, skipped)
 
@@ -166,9 +208,13 @@ def _enumerate_tars(root: Path, tars: list[Path]) -> Corpus:
 
 def open_source(root: str | os.PathLike, record: SourceRecord) -> BinaryIO:
     """A binary stream of one source's bytes; a tar member is read in place, never by loading the tar."""
-    path = _safe_join(Path(root), record.path)
-    if record.member is None:
+    path = source_file(root, record)
+    if record.member is None or record.member.startswith(LINK_PREFIX):
         return open(path, "rb")
+    if _ext(record.path) in ("parquet", "arrow"):
+        from retrieval_service.index.tables import read_table_bytes
+
+        return io.BytesIO(read_table_bytes(path, record.member))
     offset = record.offset
     if offset is None:  # a record built without offsets: look the member up once
         with tarfile.open(path, mode="r:") as archive:
@@ -182,6 +228,16 @@ def open_source(root: str | os.PathLike, record: SourceRecord) -> BinaryIO:
     except BaseException:
         raw.close()
         raise
+
+
+def source_file(root: str | os.PathLike, record: SourceRecord) -> Path:
+    """The file holding ``record``'s bytes: a followed symlink's recorded target, else ``root / path``
+    (refused with ``UnsafeSourcePath`` when it leaves ``root``)."""
+    if record.member is not None and record.member.startswith(LINK_PREFIX):
+        if not os.path.isabs(record.path):  # only a --follow-symlinks build records these
+            raise UnsafeSourcePath(f"linked source {record.member!r} has no absolute target")
+        return Path(record.path)
+    return _safe_join(Path(root), record.path)
 
 
 def open_source_bytes(root: str | os.PathLike, record: SourceRecord) -> bytes:

@@ -135,7 +135,7 @@ def test_tar_integer_classes_use_classes_txt_and_report_unlabelled(folder, tmp_p
 def test_missing_or_invalid_sources_raise(tmp_path):
     with pytest.raises(CorpusError, match="not found"):
         enumerate_corpus(tmp_path / "nope")
-    with pytest.raises(CorpusError, match="no .tar files"):
+    with pytest.raises(CorpusError, match="no .tar or .parquet files"):
         enumerate_corpus(str(tmp_path / "*.tar"))
     (tmp_path / "file.zip").write_bytes(b"PK")
     with pytest.raises(CorpusError, match="not a .tar"):
