@@ -37,7 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     build = commands.add_parser("build", help="build (or resume) an index from a source corpus")
     build.add_argument(
-        "--source", required=True, help="ImageFolder tree, a directory or glob of .tar shards, or one .tar"
+        "--source",
+        required=True,
+        help="ImageFolder tree; a directory or glob of .tar shards, or one .tar; Parquet files (a file, "
+        "directory or glob) or a datasets save_to_disk directory; a .csv or .jsonl list of path,label",
     )
     build.add_argument(
         "--out", required=True, help="index directory to create (work happens in <out>.partial)"
@@ -51,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--size", type=_positive, default=224, help="images are resized and centre-cropped to PX"
     )
     build.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    build.add_argument("--workers", type=_non_negative, default=2, help="decoding processes (0: in-process)")
+    build.add_argument(
+        "--workers", type=_non_negative, default=2, help="CPU: decode+extract processes; GPU: decoders"
+    )
     build.add_argument("--batch-size", type=_positive, default=64)
     build.add_argument("--shard-size", type=_positive, default=4096, help="images per resumable shard")
     build.add_argument(
@@ -62,6 +67,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--kind", choices=("auto", "flat", "ivf"), default="auto", help="FAISS candidate index"
     )
     build.add_argument("--force", action="store_true", help="replace an existing index at --out")
+    build.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="extract shards as Ray tasks: alone, a Ray instance on this machine; 'auto' or host:port, a "
+        "cluster (corpus and --out on storage every node mounts at the same path)",
+    )
+    build.add_argument(
+        "--ray-gpus-per-task", type=float, default=0.0, help="GPUs per Ray task (>0: CUDA)"
+    )
+    build.add_argument(
+        "--image-column", default="image", help="Parquet/Arrow: image bytes or {bytes} struct"
+    )
+    build.add_argument(
+        "--label-column", default="label", help="Parquet/Arrow sources: an integer label or a class name"
+    )
+    build.add_argument(
+        "--follow-symlinks", action="store_true", help="ImageFolder: allow symlinks that leave --source"
+    )
     build.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
 
     serve = commands.add_parser("serve", help="serve an index over HTTP")
@@ -94,6 +119,11 @@ def _build(args: argparse.Namespace) -> int:
         kind=args.kind,
         force=args.force,
         progress=not args.no_progress,
+        ray=args.ray,
+        ray_gpus_per_task=args.ray_gpus_per_task,
+        image_column=args.image_column,
+        label_column=args.label_column,
+        follow_symlinks=args.follow_symlinks,
     )
     print(
         f"{report.out}: {report.size} images indexed, {len(report.skipped)} skipped, "
