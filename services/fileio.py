@@ -18,6 +18,15 @@ from typing import IO
 _BLOCK = 1 << 22  # 4 MiB reads: large enough to hash at disk speed, small enough to keep memory flat
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)  # the only way to read it; set straight back, once, at import (umask is process-wide)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, *, fsync: bool = True) -> Iterator[Path]:
     """A temporary sibling path for writers that need a file name (SQLite, FAISS); on a clean exit it replaces
@@ -25,6 +34,7 @@ def atomic_path(path: str | os.PathLike, *, fsync: bool = True) -> Iterator[Path
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; the result gets the mode a plain open() gives
     os.close(fd)
     tmp = Path(name)
     try:
