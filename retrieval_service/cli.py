@@ -1,5 +1,5 @@
-"""``python -m retrieval_service build|serve``: thin argument parsing over ``build.build_index`` and
-``server.serve``.
+"""``python -m retrieval_service build|serve|verify``: thin argument parsing over ``build.build_index``,
+``server.serve`` and ``index.drift.corpus_drift``.
 
 Every error the project raises on purpose (``SJFTError``) ends the command with ONE line ``error: ...`` on
 stderr and exit status 2, like argparse's own usage errors.
@@ -8,6 +8,7 @@ stderr and exit status 2, like argparse's own usage errors.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -15,6 +16,7 @@ from collections.abc import Sequence
 from services.errors import SJFTError
 
 EXIT_ERROR = 2
+EXIT_DRIFT = 1  # verify: the corpus no longer matches the index
 
 
 def _positive(text: str) -> int:
@@ -33,7 +35,7 @@ def _non_negative(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m retrieval_service", description=__doc__.split("\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{build,serve}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{build,serve,verify}")
 
     build = commands.add_parser("build", help="build (or resume) an index from a source corpus")
     build.add_argument(
@@ -89,6 +91,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     build.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
 
+    verify = commands.add_parser(
+        "verify", help="report drift between an index and its corpus (exit 0 clean, 1 drift)"
+    )
+    verify.add_argument("--index", required=True, help="index directory")
+    verify.add_argument("--source", help="corpus location (default: where the index was built from)")
+    verify.add_argument("--hash", action="store_true", help="compare every file's sha256, not size/mtime")
+    verify.add_argument("--json", action="store_true", help="print the full report as JSON after the summary")
+    verify.add_argument("--no-progress", action="store_true", help="no progress bar")
+
     serve = commands.add_parser("serve", help="serve an index over HTTP")
     serve.add_argument("--index", help="index directory (default: SJFT_INDEX_DIR)")
     serve.add_argument("--host")
@@ -132,6 +143,16 @@ def _build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verify(args: argparse.Namespace) -> int:
+    from retrieval_service.index.drift import corpus_drift
+
+    report = corpus_drift(args.index, args.source, hashed=args.hash, progress=not args.no_progress)
+    print(report.summary())
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=1))
+    return 0 if report.clean else EXIT_DRIFT
+
+
 def _serve(args: argparse.Namespace) -> int:
     from retrieval_service.api.server import serve
 
@@ -153,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
         )
     try:
-        return _build(args) if args.command == "build" else _serve(args)
+        return {"build": _build, "serve": _serve, "verify": _verify}[args.command](args)
     except SJFTError as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return EXIT_ERROR
