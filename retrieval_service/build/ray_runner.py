@@ -45,14 +45,14 @@ def extract_shards_on_ray(
     cpus: int | None = None,
     gpus_per_task: float = 0.0,
     max_retries: int = 3,
-    shard_fn: Callable[..., dict] = run_shard,
+    shard_fn: Callable[..., dict] | None = None,
 ) -> tuple[int, int]:
     """Write every missing shard with Ray tasks; returns (images processed, shards found finished).
 
     ``address``: ``"local"`` (a private instance with ``cpus`` CPUs, shut down afterwards), ``"auto"``
     (the cluster this machine belongs to) or a cluster address (``host:6379``, ``ray://host:10001``).
     An already-initialised Ray (e.g. a test's) is used as it is. ``gpus_per_task`` > 0 runs the
-    extractors on the workers' GPUs. ``shard_fn`` is ``run_shard`` (replaceable to inject failures).
+    extractors on the workers' GPUs. ``shard_fn`` (default: this module's ``run_shard``) is the task body.
     """
     ray = _import_ray()
     pending, resumed = pending_shards(shard_dir, len(corpus.records), shard_size, spec.dim, spec.bins)
@@ -63,7 +63,7 @@ def extract_shards_on_ray(
         _connect(ray, address, cpus)
     try:
         args = (corpus, spec, shard_dir, conv_weights, batch_size, pending, progress)
-        return _run(ray, *args, gpus_per_task, max_retries, shard_fn), resumed
+        return _run(ray, *args, gpus_per_task, max_retries, shard_fn or run_shard), resumed
     finally:
         if started_here:
             ray.shutdown()
