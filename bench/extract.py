@@ -28,7 +28,8 @@ from services.filters import gabor_kernels
 from services.images import load_image
 from services.spec import DescriptorSpec, GaborParams, gabor_spec
 
-DATA = Path("/work/shared/data")
+DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"  # ../shared/data; --data overrides
+REFERENCE = Path(__file__).resolve().parent / "results" / "extract_reference.npz"
 
 
 def timed(fn):
@@ -138,7 +139,22 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--chunk-size", type=int, default=2)
     parser.add_argument("--processes", type=int, default=2, help="also run with this many processes (0: off)")
+    parser.add_argument("--data", type=Path, default=DATA, help="the shared data directory")
+    parser.add_argument("--build-images", type=int, default=256, help="images for the build-path comparison")
+    parser.add_argument("--only-build-paths", action="store_true", help="skip everything else")
+    parser.add_argument(
+        "--save-reference",
+        action="store_true",
+        help=f"store the histograms to compare with in {REFERENCE.name} (once, before changing extraction)",
+    )
     args = parser.parse_args()
+    from extract_paths import compare_build_paths, physical_bound
+
+    if args.only_build_paths or args.save_reference:
+        torch.set_num_threads(args.torch_threads)
+        compare_build_paths(args.data, REFERENCE, args.build_images, args.processes, args.save_reference)
+        physical_bound(gabor_spec(size=args.size))
+        return
     torch.set_num_threads(args.torch_threads)
     print(
         f"workers={args.workers} torch_threads={args.torch_threads} size={args.size} cpus={os.cpu_count()} "
@@ -146,10 +162,10 @@ def main() -> None:
     )
 
     datasets = {
-        "imagewoof-jpeg": sorted(DATA.glob("imagewoof/val/*/*.JPEG"))[::5][: args.images],
-        "cifar100-png": sorted(DATA.glob("cifar100/train/*/*.png"))[::97][: args.images],
+        "imagewoof-jpeg": sorted(args.data.glob("imagewoof/val/*/*.JPEG"))[::5][: args.images],
+        "cifar100-png": sorted(args.data.glob("cifar100/train/*/*.png"))[::97][: args.images],
     }
-    fit_files = sorted(DATA.glob("imagewoof/train/*/*.JPEG"))[::10][:16]
+    fit_files = sorted(args.data.glob("imagewoof/train/*/*.JPEG"))[::10][:16]
     fit_images = np.stack([load_image(f, args.size) for f in fit_files])
     specs = {
         "default (decimation [1, 1, 2, 4])": gabor_spec(size=args.size),
@@ -205,6 +221,8 @@ def main() -> None:
         print(f"  {name}: {ms:.2f}")
     decode = timed(lambda: [load_image(f, args.size) for f in datasets["imagewoof-jpeg"][:16]])[2] / 16 * 1e3
     print(f"  (decode + resize, Imagewoof JPEG: {decode:.2f})")
+    compare_build_paths(args.data, REFERENCE, args.build_images, args.processes, False)
+    physical_bound(default.spec)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,147 @@
+"""The build's extraction paths on the same images, and where the physical bound lies (used by extract.py).
+
+"before" is the build's CPU path up to commit 71ecaee, kept here as the reference: one DataLoader process
+decodes, the main process runs one extractor with 2 threads (torch on 1 thread). "after" is the current
+path: ``--workers`` processes that each decode and extract whole batches (``build/pool.py``).
+Both must give identical histograms; both are compared with today's stored histograms
+(``results/extract_reference.npz``, written by ``--save-reference`` before any change) by their max JS.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from retrieval_service.build.extraction import make_extractor
+from retrieval_service.build.pool import describe_in_processes
+from retrieval_service.build.shards import make_loader
+from retrieval_service.build.workers import ExtractionSetup, batch_plan, histograms_of
+from retrieval_service.index.corpus import SourceRecord
+from services.extract import DescriptorExtractor, fit_edges
+from services.images import load_image
+from services.spec import DescriptorSpec, gabor_spec
+
+BATCH = 16
+
+
+def _records(root: Path, files: list[Path]) -> list[SourceRecord]:
+    return [
+        SourceRecord(i, f.relative_to(root).as_posix(), None, 0, "x", f.suffix[1:].lower(), f.stat().st_size)
+        for i, f in enumerate(files)
+    ]
+
+
+def _fitted_spec(data: Path) -> DescriptorSpec:
+    spec = gabor_spec(size=224)
+    fit = np.stack([load_image(f, 224) for f in sorted(data.glob("imagewoof/train/*/*.JPEG"))[::10][:16]])
+    return spec.with_edges(fit_edges(DescriptorExtractor(spec, device="cpu"), [fit], spec.bins, 100_000))
+
+
+def _before(root, records, spec, batches):
+    torch.set_num_threads(1)
+    extractor = make_extractor(spec, torch.device("cpu"), None)  # os.cpu_count() threads
+    for batch in make_loader(root, records, spec.size, batches, 1):
+        yield histograms_of(extractor, batch)
+
+
+def _after(root, records, spec, batches, processes):
+    setup = ExtractionSetup.of(spec, "cpu", None)
+    for _, hists in describe_in_processes(setup, root, records, batches, processes):
+        yield hists
+
+
+def _cpu_s() -> float:
+    """CPU seconds of this process and of its finished children (decoding and extraction workers)."""
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + kids.ru_utime + kids.ru_stime
+
+
+def _timed(results) -> tuple[np.ndarray, float, float, float]:
+    """(histograms, end-to-end s, steady s after the first batch arrived: worker start-up excluded, CPU s
+    of every process involved: what stays comparable when the machine is shared)."""
+    t0, cpu = time.perf_counter(), _cpu_s()
+    parts, first = [], None
+    for hists in results:
+        parts.append(hists)
+        first = first or time.perf_counter()
+    end = time.perf_counter()
+    return np.concatenate(parts), end - t0, end - first, _cpu_s() - cpu
+
+
+def js_max(p: np.ndarray, q: np.ndarray) -> float:
+    p, q = p.astype(np.float64), q.astype(np.float64)
+    m = (p + q) / 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kl = np.where(p > 0, p * np.log(p / m), 0) + np.where(q > 0, q * np.log(q / m), 0)
+    return float((kl.sum(-1) / 2).max())
+
+
+def compare_build_paths(data: Path, reference: Path, n: int, processes: int, save: bool) -> None:
+    root = data / "imagewoof" / "val"
+    files = sorted(root.glob("*/*.JPEG"))[::5][:n]
+    records = _records(root, files)
+    batches = batch_plan(0, len(records), BATCH)
+    if save or not reference.is_file():
+        spec = _fitted_spec(data)
+    else:
+        with np.load(reference) as stored:
+            spec = DescriptorSpec.model_validate_json(str(stored["spec_json"]))
+    before, wall, steady, cpu = _timed(_before(root, records, spec, batches))
+    print(
+        f"build path before (1 decoding process + 2 extractor threads): {n / wall:.1f} img/s end to end, "
+        f"{(n - BATCH) / steady:.1f} steady, {cpu / n * 1e3:.1f} CPU-ms/img (all processes)"
+    )
+    if save:
+        reference.parent.mkdir(parents=True, exist_ok=True)
+        rel = np.array([f.relative_to(data).as_posix() for f in files])
+        np.savez(reference, spec_json=spec.canonical_json(), files=rel, hists=before)
+        print(f"stored today's histograms of {n} images in {reference}")
+    after = before
+    if processes > 0:
+        after, wall, steady, cpu = _timed(_after(root, records, spec, batches, processes))
+        print(
+            f"build path after ({processes} processes, each decode + extract): {n / wall:.1f} img/s end to "
+            f"end (spawn included), {(n - BATCH) / steady:.1f} steady, {cpu / n * 1e3:.1f} CPU-ms/img (spawn "
+            f"and imports included); identical to before: {np.array_equal(after, before)}"
+        )
+    with np.load(reference) as stored:
+        k = min(len(stored["hists"]), n)
+        js = js_max(after[:k], stored["hists"][:k])
+    print(f"max JS against today's stored histograms ({k} images): {js:.2e}")
+    print(f"(cpus={os.cpu_count()}, load {os.getloadavg()[0]:.1f})")
+
+
+def physical_bound(spec: DescriptorSpec) -> None:
+    """FFT FLOPs per image (5 N log2 N per complex transform) against this core's matmul peak."""
+    from services.filters import GaborBank
+
+    torch.set_num_threads(1)
+    a = torch.randn(2048, 2048)
+    a @ a
+    t = time.perf_counter()
+    for _ in range(3):
+        a @ a
+    peak = 3 * 2 * 2048**3 / (time.perf_counter() - t)
+    bank = GaborBank(spec.gabor, spec.size)
+    flops = 0.0
+    for group in bank.plan(sampled=True):
+        flops += 5 * group.n**2 * np.log2(group.n**2)  # forward transform of the padded luminance
+        for scale in group.scales:
+            m = scale.spectrum.shape[-1]
+            flops += scale.spectrum.shape[0] * 5 * m**2 * np.log2(m**2)
+    x = torch.randn(12, 256, 256, dtype=torch.complex64)
+    torch.fft.ifft2(x)
+    t = time.perf_counter()
+    for _ in range(5):
+        torch.fft.ifft2(x)
+    fft_rate = 5 * 12 * 5 * 256**2 * np.log2(256**2) / (time.perf_counter() - t)
+    print(
+        f"physical bound, 1 core: matmul peak {peak / 1e9:.1f} GFLOP/s; FFTs {flops / 1e6:.0f} MFLOP/image = "
+        f"{flops / peak * 1e3:.2f} ms at peak; torch's FFT reaches {fft_rate / 1e9:.1f} GFLOP/s "
+        f"({fft_rate / peak:.0%} of peak) = {flops / fft_rate * 1e3:.2f} ms/image"
+    )
