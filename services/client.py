@@ -2,7 +2,7 @@
 
 A small class around ``httpx.Client``: explicit timeouts; retries with exponential backoff ONLY for
 connection-level failures, 429 (honouring ``Retry-After``) and 503; every other non-2xx answer raises
-``ServiceError`` carrying the service's ``{"error": {"code", "message", "details"}}``;
+``ClientError`` carrying the service's ``{"error": {"code", "message", "details"}}``;
 ``ServiceUnavailableError`` once retries are spent.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import email.utils
+import logging
 import tarfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -29,9 +30,16 @@ from services.schemas import (
     NeighborsRequest,
     NeighborsResponse,
     Query,
+    SampleResponse,
+    Sha256Response,
+    SourceLabel,
+    SourceLabelsResponse,
 )
 
+log = logging.getLogger("services.client")
+
 DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=120.0, write=60.0, pool=10.0)
+IDS_PER_CALL = 10_000  # source ids per labels / by-sha256 request
 RETRY_STATUSES = (429, 503)
 # Connection-level failures: the request may not have reached the service; every call here is safe to repeat.
 RETRY_EXCEPTIONS = (
@@ -44,7 +52,7 @@ RETRY_EXCEPTIONS = (
 )
 
 
-class ServiceError(SJFTError):
+class ClientError(SJFTError):
     """A non-retryable error answer of the service (or an unparseable one)."""
 
     code = "service_error"
@@ -57,7 +65,7 @@ class ServiceError(SJFTError):
         self.details = details
 
 
-class ServiceUnavailableError(ServiceError):
+class ServiceUnavailableError(ClientError):
     """The service did not answer (or kept answering 429/503) through every retry."""
 
     code = "service_unavailable"
@@ -166,7 +174,12 @@ class RetrievalClient:
                 last = f"HTTP {response.status_code}"
                 response.close()
             if attempt < self.retries:
-                self._sleep(self._delay(attempt, response))
+                wait = self._delay(attempt, response)
+                log.warning(
+                    "%s %s%s failed (%s), attempt %d/%d; retrying in %.1f s",
+                    method, self.base_url, path, last, attempt + 1, self.retries + 1, wait,
+                )
+                self._sleep(wait)
         raise self._unavailable(method, path, last)
 
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -174,7 +187,7 @@ class RetrievalClient:
         try:
             return response.json()
         except ValueError as exc:
-            raise ServiceError(response.status_code, "invalid_response", f"{path} answered non-JSON") from exc
+            raise ClientError(response.status_code, "invalid_response", f"{path} answered non-JSON") from exc
 
     # -- routes
 
@@ -203,26 +216,33 @@ class RetrievalClient:
         metric: Metric = "js",
         exact: bool = False,
         exclude_source_ids: Iterable[int] = (),
+        max_per_source: int | None = None,
     ) -> NeighborsResponse:
-        """Neighbors of every query, sent in batches of ``batch_size``; results in query order."""
+        """Neighbors of every query, sent in batches of ``batch_size``; results in query order.
+
+        ``max_per_source`` caps how many queries of one request a source is given to; the cap holds per
+        request, so with it every query goes in one request (batches would cap each batch on its own).
+        """
         if not queries:
             raise ValueError("neighbors() needs at least one query")
+        batch_size = len(queries) if max_per_source is not None else self.batch_size
         exclude = list(exclude_source_ids)
         results, spec_hash, took_ms, cached = [], None, 0.0, True
-        for start in range(0, len(queries), self.batch_size):
+        for start in range(0, len(queries), batch_size):
             body = NeighborsRequest(
-                queries=list(queries[start : start + self.batch_size]),
+                queries=list(queries[start : start + batch_size]),
                 k=k,
                 offset=offset,
                 metric=metric,
                 exact=exact,
                 exclude_source_ids=exclude,
+                max_per_source=max_per_source,
             )
             part = NeighborsResponse.model_validate(
                 self._json("POST", "/v1/neighbors", json=body.model_dump(mode="json", exclude_none=True))
             )
             if spec_hash is not None and part.spec_hash != spec_hash:
-                raise ServiceError(409, "spec_changed", "the service's index changed between batches; retry")
+                raise ClientError(409, "spec_changed", "the service's index changed between batches; retry")
             spec_hash = part.spec_hash
             results.extend(part.results)
             took_ms += part.took_ms
@@ -277,6 +297,31 @@ class RetrievalClient:
                 503, "stream_broken", f"source stream ended after {received} of {len(ids)} images"
             )
 
+    def source_labels(self, ids: Sequence[int]) -> list[SourceLabel]:
+        """Label and class name of each id, in order (requests of ``IDS_PER_CALL`` ids); an unknown id
+        raises ``ServiceError`` 404 whose ``details["unknown_source_ids"]`` names it."""
+        ids = [int(i) for i in ids]
+        labels: list[SourceLabel] = []
+        for start in range(0, len(ids), IDS_PER_CALL):
+            body = self._json("POST", "/v1/sources/labels", json={"ids": ids[start : start + IDS_PER_CALL]})
+            labels.extend(SourceLabelsResponse.model_validate(body).labels)
+        return labels
+
+    def sample_sources(self, n: int, seed: int, exclude: Sequence[int] = ()) -> list[int]:
+        """``n`` distinct source ids drawn uniformly from the index minus ``exclude``; the same per seed."""
+        body = {"n": int(n), "seed": int(seed), "exclude": [int(i) for i in exclude]}
+        return SampleResponse.model_validate(self._json("POST", "/v1/sources/sample", json=body)).ids
+
+    def sources_by_sha256(self, hashes: Iterable[str]) -> dict[str, list[int]]:
+        """Source ids whose file bytes have each SHA-256 (hex); hashes not in the index are left out."""
+        wanted = sorted({h.lower() for h in hashes})
+        matches: dict[str, list[int]] = {}
+        for start in range(0, len(wanted), IDS_PER_CALL):
+            chunk = wanted[start : start + IDS_PER_CALL]
+            body = self._json("POST", "/v1/sources/by-sha256", json={"sha256": chunk})
+            matches.update(Sha256Response.model_validate(body).matches)
+        return matches
+
     def create_job(self, job: JobCreate) -> Job:
         return Job.model_validate(self._json("POST", "/v1/jobs", json=job.model_dump(mode="json")))
 
@@ -292,11 +337,11 @@ class RetrievalClient:
         return JobList.model_validate(body if isinstance(body, dict) else {"jobs": body}).jobs
 
 
-def _error_of(response: httpx.Response) -> ServiceError:
-    """The service's error body as a ServiceError; a body of another shape keeps its first 300 characters."""
+def _error_of(response: httpx.Response) -> ClientError:
+    """The service's error body as a ClientError; a body of another shape keeps its first 300 characters."""
     try:
         body = response.json()
         err = body["error"]
-        return ServiceError(response.status_code, str(err["code"]), str(err["message"]), err.get("details"))
+        return ClientError(response.status_code, str(err["code"]), str(err["message"]), err.get("details"))
     except (ValueError, KeyError, TypeError):
-        return ServiceError(response.status_code, f"http_{response.status_code}", response.text[:300])
+        return ClientError(response.status_code, f"http_{response.status_code}", response.text[:300])

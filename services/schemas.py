@@ -33,9 +33,12 @@ HASHES_MAX = 100_000
 
 
 def _strict_int(value: Any) -> Any:
-    """Integers only: ``true``/``false``, ``"3"`` and ``3.0`` are refused (numpy integers are accepted)."""
+    """Integers only: ``true``/``false``, ``"3"`` and ``3.5`` are refused. ``3.0`` is an integer in JSON
+    Schema (and to JavaScript), so it is accepted as 3; numpy integers are accepted too."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
     if isinstance(value, bool) or isinstance(value, str | bytes | float):
-        raise ValueError("must be an integer (not a boolean, string or float)")
+        raise ValueError("must be an integer (not a boolean, string or fraction)")
     if isinstance(value, int):
         return value
     try:
@@ -82,7 +85,9 @@ class Query(BaseModel):
         None, description="Histograms computed under the index's spec: D rows of B values (or D*B flat)."
     )
     spec_hash: str | None = Field(
-        None, description="spec_hash the descriptor was computed under; required with it."
+        None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="spec_hash the descriptor was computed under; required with it.",
     )
     source_id: SourceId | None = Field(None, description="Use the stored descriptor of this source image.")
     k: wire_int(ge=1, le=K_MAX) | None = Field(None, description="Overrides the request's k for this query.")

@@ -48,11 +48,7 @@ class Resolved:
 
 def check_limits(request: NeighborsRequest, max_queries: int, max_window: int) -> None:
     """413 for too many queries, 422 for a k + offset over the deployment's limit (naming the query)."""
-    if len(request.queries) > max_queries:
-        raise PayloadTooLarge(
-            f"{len(request.queries)} queries in one request; the limit is {max_queries}: split the request",
-            {"queries": len(request.queries), "limit": max_queries},
-        )
+    check_query_count(len(request.queries), max_queries)
     for q in request.queries:
         k, offset = window_of(q, request)
         if k + offset > max_window:
@@ -60,6 +56,15 @@ def check_limits(request: NeighborsRequest, max_queries: int, max_window: int) -
                 f"query {q.id!r}: k + offset = {k + offset} exceeds the limit {max_window}",
                 {"query": q.id, "k": k, "offset": offset, "limit": max_window},
             )
+
+
+def check_query_count(count: int, max_queries: int, what: str = "queries") -> None:
+    """413 when one request carries more than ``max_queries`` queries (JSON queries or uploaded files)."""
+    if count > max_queries:
+        raise PayloadTooLarge(
+            f"{count} {what} in one request; the limit is {max_queries}: split the request",
+            {what: count, "limit": max_queries},
+        )
 
 
 def window_of(query: Query, request: NeighborsRequest) -> tuple[int, int]:

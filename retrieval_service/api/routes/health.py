@@ -30,7 +30,7 @@ def readyz(state: StateDep) -> JSONResponse:
     return JSONResponse({"status": status, "redis": redis, "index_size": state.ready.index.size})
 
 
-@router.get("/metrics")
+@router.get("/metrics", responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text"}})
 def metrics(state: StateDep) -> Response:
     """Prometheus text: requests and latency per route, cache hits/misses, queue depth, index size."""
     return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -14,29 +14,22 @@ from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from retrieval_service.api.deps import ReadyDep, StateDep
-from retrieval_service.api.errors import InvalidRequest, LimitExceeded, PayloadTooLarge
+from retrieval_service.api.errors import InvalidRequest, LimitExceeded
 from retrieval_service.api.queries import (
     Resolved,
     check_limits,
+    check_query_count,
     fill_descriptors,
     image_query,
     resolve_queries,
 )
+from retrieval_service.api.responses import error_responses
 from retrieval_service.api.state import Ready, ServiceState
-from services.schemas import K_MAX, ErrorBody, Metric, NeighborsRequest, NeighborsResponse
+from services.schemas import K_MAX, OFFSET_MAX, QUERIES_MAX, Metric, NeighborsRequest, NeighborsResponse
 
 router = APIRouter(prefix="/v1", tags=["neighbors"])
 
-_ERRORS = {
-    code: {"model": ErrorBody, "description": text}
-    for code, text in {
-        404: "unknown source_id",
-        413: "too many queries / image too large",
-        422: "invalid query, descriptor or limit",
-        429: "rate limited or search queue full",
-        503: "index not loaded",
-    }.items()
-}
+_ERRORS = error_responses(400, 404, 413, 422, 429, 503)
 
 
 # The body is parsed by pydantic's JSON parser in a worker thread, not by FastAPI (json.loads on the loop):
@@ -71,7 +64,8 @@ def _neighbors(raw: bytes, state: ServiceState, ready: Ready, started: float) ->
         ready.index.size,
         stored=ready.index.engine.histograms,
     )
-    return _answer(state, ready, resolved, body.metric, body.exact, body.exclude_source_ids, started)
+    exclude, cap = body.exclude_source_ids, body.max_per_source
+    return _answer(state, ready, resolved, body.metric, body.exact, exclude, started, cap)
 
 
 def parse_json_body(model: type[BaseModel], raw: bytes):
@@ -98,17 +92,25 @@ def document_models(schema: dict) -> dict:
 def neighbors_upload(
     state: StateDep,
     ready: ReadyDep,
-    files: Annotated[list[UploadFile], File(description="Image files; each file name is its result id.")],
+    files: Annotated[
+        list[UploadFile], File(min_length=1, description="Image files; each file name is its result id.")
+    ],
     k: Annotated[int, Form(ge=1, le=K_MAX, description="Neighbors per image.")] = 10,
-    offset: Annotated[int, Form(ge=0, description="Skip this many of the best neighbors.")] = 0,
+    offset: Annotated[
+        int, Form(ge=0, le=OFFSET_MAX, description="Skip this many of the best neighbors.")
+    ] = 0,
     metric: Annotated[Metric, Form(description="js or skl.")] = "js",
     exact: Annotated[bool, Form(description="Full scan instead of the two-stage search.")] = False,
+    # Typed int (not int | None): a form field cannot carry null, so the schema must not offer it.
+    max_per_source: Annotated[
+        int, Form(ge=1, le=QUERIES_MAX, description="A source goes to at most this many files.")
+    ] = None,
 ) -> Response:
     """Nearest source images of each uploaded file (multipart field ``files``); result ids are file names."""
     started = time.perf_counter()
     s = state.settings
-    if len(files) > s.max_queries_per_request:
-        raise PayloadTooLarge(f"{len(files)} files in one request; the limit is {s.max_queries_per_request}")
+    # The same limit, status and message as JSON queries (the multipart parser stops one file past it).
+    check_query_count(len(files), s.max_queries_per_request, "files")
     if k + offset > s.max_k_plus_offset:
         raise LimitExceeded(f"k + offset = {k + offset} exceeds the limit {s.max_k_plus_offset}")
     names = [f.filename or f"file{i}" for i, f in enumerate(files)]
@@ -118,7 +120,7 @@ def neighbors_upload(
         image_query(name, f.file.read(), k, offset, s.max_image_pixels, f"file {name!r}")
         for name, f in zip(names, files, strict=True)
     ]
-    return _answer(state, ready, resolved, metric, exact, [], started)
+    return _answer(state, ready, resolved, metric, exact, [], started, max_per_source)
 
 
 def _answer(
@@ -129,6 +131,7 @@ def _answer(
     exact: bool,
     exclude: list[int],
     started: float,
+    max_per_source: int | None = None,
 ) -> Response:
     size, max_pixels = ready.index.spec.size, state.settings.max_image_pixels
 
@@ -138,7 +141,7 @@ def _answer(
 
         fill_descriptors(misses, size, max_pixels, extract, state.decode_gate)  # decodes bounded by the gate
 
-    results, cached = ready.searcher.search(resolved, metric, exact, exclude, _prepare)
+    results, cached = ready.searcher.search(resolved, metric, exact, exclude, _prepare, max_per_source)
     labels = ready.index.manifest.all_labels()  # (N,) int32, cached by the manifest
     classes = ready.index.manifest.classes
     out = []
