@@ -12,14 +12,13 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
 from retrieval_service.index.corpus import (
     CorpusError,
     SourceRecord,
     UnsafeSourcePath,
-    _safe_join,
     open_source,
+    source_file,
 )
 from services.errors import SJFTError
 
@@ -78,7 +77,7 @@ def check_present(root: str | os.PathLike, records: Sequence[SourceRecord]) -> t
     for record in records:
         if record.path not in sizes:
             try:
-                sizes[record.path] = _safe_join(Path(root), record.path).stat().st_size
+                sizes[record.path] = source_file(root, record).stat().st_size
             except (OSError, UnsafeSourcePath):
                 sizes[record.path] = None
         size = sizes[record.path]
