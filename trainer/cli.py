@@ -9,15 +9,22 @@ from __future__ import annotations
 import argparse
 import sys
 
-from services.client import ServiceError
+from services.client import ClientError
 from services.errors import SJFTError
-from trainer.config import QUERY_MODES, SOURCE_MODES, ConfigError, RunConfig
+from trainer.ablate import ABLATE_ONLY, add_ablate_flags
+from trainer.config import LR_SCHEDULES, QUERY_MODES, SOURCE_MODES, TRAIN_LAYERS, ConfigError, RunConfig
+from trainer.convert import add_parser as add_convert_parser
+from trainer.convert import main as convert_main
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2 (argparse prints usage + message by default)
         print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
         raise SystemExit(2)
+
+
+def _opt_int(text: str) -> int | None:
+    return None if text.lower() in ("none", "") else int(text)
 
 
 def _run_flags(p: argparse.ArgumentParser) -> None:
@@ -34,16 +41,16 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-adaptive", dest="adaptive", action="store_false", help="keep K_i = K0")
     p.add_argument("--arch", default=d.arch, help="any torchvision classification model name")
     p.add_argument("--weights", default=None, help="backbone state dict file (classifier keys ignored)")
-    p.add_argument("--epochs-per-round", type=int, default=d.epochs_per_round)
+    _budget_flags(p, d)
+    _optim_flags(p, d)
+    _source_flags(p, d)
     p.add_argument("--device", default=d.device)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--input-size", type=int, default=d.input_size)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--momentum", type=float, default=d.momentum)
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--lr-step-epochs", type=int, default=d.lr_step_epochs, help="0: after 2/3 of a round")
-    p.add_argument("--lr-gamma", type=float, default=d.lr_gamma)
+    p.add_argument("--crop-scale", type=float, default=d.crop_scale,
+                   help="training RandomResizedCrop area scale range (S, 1); evaluation: centre crop")
+    p.add_argument("--image-cache", type=int, default=d.image_cache,
+                   help="decoded images kept in memory (LRU; about 0.2 MB each at 224 px)")
     p.add_argument("--cache-dir", default=None, help="source image cache (default ~/.cache/sjft)")
     p.add_argument("--token", default=None, help="bearer token of the service")
     p.add_argument("--metric", default=d.metric, choices=("js", "skl"))
@@ -53,6 +60,55 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--retries", type=int, default=d.retries)
     p.add_argument("--backoff", type=float, default=d.backoff)
     p.add_argument("--job-name", default=None)
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no per-round progress bar")
+
+
+def _budget_flags(p: argparse.ArgumentParser, d: RunConfig) -> None:
+    p.add_argument(
+        "--steps-per-round", type=int, default=None,
+        help="optimizer steps per round, the same in every --source-mode. Default: "
+        "ceil(source_passes * n_target * k0 / (batch_size * world * source_ratio)), so every selected source "
+        "is seen about source_passes times in round 0",
+    )
+    p.add_argument("--epochs-per-round", type=int, default=None,
+                   help="alternative round length: ceil(E * n_target / (batch_size * world)) steps")
+    p.add_argument("--source-passes", type=float, default=d.source_passes)
+    p.add_argument("--source-ratio", type=int, default=d.source_ratio,
+                   help="source images per target image in a batch (the paper: 1)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size,
+                   help="target images per step and rank (each with --source-ratio sources)")
+
+
+def _optim_flags(p: argparse.ArgumentParser, d: RunConfig) -> None:
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--head-lr", type=float, default=None, help="LR of both heads (default --lr)")
+    p.add_argument("--backbone-lr-mult", type=float, default=d.backbone_lr_mult, help="backbone LR = lr * M")
+    p.add_argument("--momentum", type=float, default=d.momentum)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--lr-schedule", default=d.lr_schedule, choices=LR_SCHEDULES,
+                   help="over all rounds' steps: warm-up + cosine, or warm-up + step decay")
+    p.add_argument("--warmup-steps", type=int, default=None, help="linear warm-up (default 3%% of all steps)")
+    p.add_argument("--lr-milestones", default=d.lr_milestones,
+                   help="step schedule: fractions of all steps where the LR is multiplied by --lr-gamma")
+    p.add_argument("--lr-gamma", type=float, default=d.lr_gamma)
+    p.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
+    p.add_argument("--freeze-bn", action="store_true", help="BatchNorm in eval mode (frozen statistics)")
+    p.add_argument("--probe-steps", type=int, default=d.probe_steps,
+                   help="LP-FT: train only the heads for the first N steps, then everything")
+    p.add_argument("--train-layers", default=d.train_layers, choices=TRAIN_LAYERS,
+                   help="head: linear probe (backbone frozen)")
+
+
+def _source_flags(p: argparse.ArgumentParser, d: RunConfig) -> None:
+    p.add_argument("--match-pool", default=None, metavar="RUN_DIR",
+                   help="random mode: draw as many sources per round as this selective run used")
+    p.add_argument("--no-leak-guard", dest="leak_guard", action="store_false",
+                   help="do not exclude sources that duplicate target train/val images")
+    p.add_argument("--leak-threshold", type=float, default=d.leak_threshold,
+                   help="a source within this divergence of a target image is a leak")
+    p.add_argument("--leak-k", type=int, default=d.leak_k, help="neighbors per target image checked")
+    p.add_argument("--max-per-source", type=_opt_int, default=d.max_per_source,
+                   help="hub control: a source is returned to at most N queries of one request")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,24 +118,32 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = sub.add_parser("run", help="train rounds of selective joint fine-tuning")
     _run_flags(run)
-    run.add_argument("--source-mode", default="selective", choices=SOURCE_MODES)
+    run.add_argument(
+        "--source-mode", default="selective", choices=SOURCE_MODES,
+        help="selective: K_i nearest sources; random: as many random sources (--match-pool); all: the whole "
+        "corpus streamed; none: target only (CE_target with weight 1, no source loss). Every mode runs the "
+        "same optimizer steps with the same target images per step",
+    )
     run.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     ablate = sub.add_parser(
-        "ablate", help="none / all / random / selective --no-adaptive / selective, N seeds"
+        "ablate", help="probe / none / random / all / selective --no-adaptive / selective over seeds"
     )
     _run_flags(ablate)
-    ablate.add_argument("--seeds", type=int, default=3)
+    add_ablate_flags(ablate)
+    add_convert_parser(sub)
     return parser
 
 
 def config_of(args: argparse.Namespace) -> RunConfig:
-    fields = {k: v for k, v in vars(args).items() if k not in ("command", "seeds")}
+    fields = {k: v for k, v in vars(args).items() if k not in ("command", *ABLATE_ONLY)}
     return RunConfig(**fields).validate()
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "convert-weights":
+            return convert_main(args)
         cfg = config_of(args)
         if args.command == "run":
             from trainer.distributed import init_distributed
@@ -91,12 +155,10 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 d.close()
         else:
-            from trainer.ablate import ablate
+            from trainer.ablate import main as ablate_main
 
-            if args.seeds < 1:
-                raise ConfigError("--seeds must be >= 1")
-            ablate(cfg, args.seeds)
-    except ServiceError as exc:
+            return ablate_main(args, cfg)
+    except ClientError as exc:
         print(
             f"error: the retrieval service failed: {exc.message if exc.status == 503 else exc}",
             file=sys.stderr,

@@ -10,6 +10,8 @@ from pathlib import Path
 
 SOURCE_MODES = ("selective", "random", "all", "none")
 QUERY_MODES = ("auto", "descriptor", "image")
+LR_SCHEDULES = ("cosine", "step")
+TRAIN_LAYERS = ("all", "head")
 
 
 class ConfigError(ValueError):
@@ -31,16 +33,37 @@ class RunConfig:
     adaptive: bool = True
     arch: str = "resnet18"
     weights: str | None = None
-    epochs_per_round: int = 1
+    # Round length in optimizer steps, the same for every source mode: --steps-per-round, else
+    # ceil(epochs_per_round * n_target / global_batch) when --epochs-per-round is given, else
+    # ceil(source_passes * n_target * k0 / (global_batch * source_ratio)) (see round_steps).
+    steps_per_round: int | None = None
+    epochs_per_round: int | None = None
+    source_passes: float = 3.0
+    source_ratio: int = 1  # source images per target image in a batch (the paper: 1)
     device: str = "cpu"
     seed: int = 0
     input_size: int = 224
-    batch_size: int = 32
+    crop_scale: float = 0.35  # RandomResizedCrop area scale range (crop_scale, 1)
+    batch_size: int = 32  # target images per step and rank; each brings source_ratio source images
     lr: float = 0.01
+    head_lr: float | None = None  # None: lr
+    backbone_lr_mult: float = 1.0
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    lr_step_epochs: int = 0  # 0: decay once, after 2/3 of each round's epochs (at least 1 epoch in)
+    lr_schedule: str = "cosine"
+    warmup_steps: int | None = None  # None: 3% of all steps
+    lr_milestones: str = "0.67"  # step schedule: decay by lr_gamma at these fractions of all steps
     lr_gamma: float = 0.1
+    label_smoothing: float = 0.0
+    freeze_bn: bool = False
+    probe_steps: int = 0  # LP-FT: the first N steps train the heads only
+    train_layers: str = "all"  # head: linear probe, backbone frozen
+    image_cache: int = 10_000  # decoded images kept in memory (LRU)
+    match_pool: str | None = None  # random mode: a selective run dir whose per-round pool sizes to match
+    leak_guard: bool = True
+    leak_threshold: float = 1e-3
+    leak_k: int = 3
+    max_per_source: int | None = None
     cache_dir: str | None = None
     token: str | None = None
     metric: str = "js"
@@ -50,27 +73,41 @@ class RunConfig:
     job_name: str | None = None
     retries: int = 5
     backoff: float = 0.5
+    progress: bool = True
     resume: bool = False
 
-    def validate(self) -> RunConfig:
-        """Raises ConfigError naming the first bad field."""
-        checks = [
+    def _checks(self) -> list[tuple[bool, str]]:
+        return [
             (self.rounds >= 1, "--rounds must be >= 1"),
             (self.k0 >= 1, "--k0 must be >= 1"),
             (self.k_max >= self.k0, f"--k-max ({self.k_max}) must be >= --k0 ({self.k0})"),
             (self.sigma0 >= 0 and self.sigma1 >= 0, "--sigma0 and --sigma1 must be >= 0"),
             (self.delta is None or self.delta >= 0, "--delta must be >= 0"),
             (self.source_mode in SOURCE_MODES, f"--source-mode must be one of {', '.join(SOURCE_MODES)}"),
-            (self.epochs_per_round >= 1, "--epochs-per-round must be >= 1"),
+            (self.steps_per_round is None or self.steps_per_round >= 1, "--steps-per-round must be >= 1"),
+            (self.epochs_per_round is None or self.epochs_per_round >= 1, "--epochs-per-round must be >= 1"),
+            (self.source_passes > 0, "--source-passes must be > 0"),
+            (self.source_ratio >= 1, "--source-ratio must be >= 1"),
             (self.device == "cpu" or self.device.startswith("cuda"), "--device must be cpu or cuda[:N]"),
             (self.input_size >= 16, "--input-size must be >= 16"),
+            (0 < self.crop_scale <= 1, "--crop-scale must be in (0, 1]"),
             (self.batch_size >= 1, "--batch-size must be >= 1"),
-            (self.lr > 0, "--lr must be > 0"),
+            (self.lr > 0 and (self.head_lr is None or self.head_lr > 0), "--lr and --head-lr must be > 0"),
+            (self.backbone_lr_mult >= 0, "--backbone-lr-mult must be >= 0"),
             (0 <= self.momentum < 1, "--momentum must be in [0, 1)"),
             (self.weight_decay >= 0, "--weight-decay must be >= 0"),
+            (self.lr_schedule in LR_SCHEDULES, f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}"),
+            (self.warmup_steps is None or self.warmup_steps >= 0, "--warmup-steps must be >= 0"),
+            (0 < self.lr_gamma <= 1, "--lr-gamma must be in (0, 1]"),
+            (0 <= self.label_smoothing < 1, "--label-smoothing must be in [0, 1)"),
+            (self.probe_steps >= 0, "--probe-steps must be >= 0"),
+            (self.train_layers in TRAIN_LAYERS, f"--train-layers must be one of {', '.join(TRAIN_LAYERS)}"),
+            (self.image_cache >= 1, "--image-cache must be >= 1"),
+            (self.leak_threshold >= 0 and self.leak_k >= 1, "--leak-threshold >= 0 and --leak-k >= 1"),
+            (self.max_per_source is None or self.max_per_source >= 1, "--max-per-source must be >= 1"),
             (
-                self.lr_step_epochs >= 0 and 0 < self.lr_gamma <= 1,
-                "--lr-step-epochs >= 0, 0 < --lr-gamma <= 1",
+                self.match_pool is None or self.source_mode == "random",
+                "--match-pool needs --source-mode random",
             ),
             (self.metric in ("js", "skl"), "--metric must be js or skl"),
             (self.workers >= 0 and self.fetch_workers >= 1, "--workers >= 0 and --fetch-workers >= 1"),
@@ -81,14 +118,41 @@ class RunConfig:
                 f"--service must be an http(s) URL, got {self.service}",
             ),
         ]
-        for ok, message in checks:
+
+    def validate(self) -> RunConfig:
+        """Raises ConfigError naming the first bad field."""
+        for ok, message in self._checks():
             if not ok:
                 raise ConfigError(message)
+        self.milestones()  # parses
         if not Path(self.target).is_dir():
             raise ConfigError(f"--target {self.target} is not a directory")
         if self.weights is not None and not Path(self.weights).is_file():
             raise ConfigError(f"--weights {self.weights} is not a file")
+        if self.match_pool is not None and not (Path(self.match_pool) / "metrics.jsonl").is_file():
+            raise ConfigError(f"--match-pool {self.match_pool} holds no metrics.jsonl of a selective run")
         return self
+
+    def milestones(self) -> list[float]:
+        """--lr-milestones as sorted fractions in (0, 1)."""
+        try:
+            values = sorted(float(v) for v in self.lr_milestones.split(",") if v.strip())
+        except ValueError:
+            values = [-1.0]
+        if any(not 0 < v < 1 for v in values):
+            raise ConfigError(
+                f"--lr-milestones must be fractions in (0, 1) like 0.5,0.75, got {self.lr_milestones}"
+            )
+        return values
+
+    def round_steps(self, n_target: int, world: int = 1) -> int:
+        """Optimizer steps per round, independent of the source mode (module docstring of trainer/plan.py)."""
+        if self.steps_per_round is not None:
+            return self.steps_per_round
+        global_batch = self.batch_size * world
+        if self.epochs_per_round is not None:
+            return max(1, math.ceil(self.epochs_per_round * n_target / global_batch))
+        return max(1, math.ceil(self.source_passes * n_target * self.k0 / (global_batch * self.source_ratio)))
 
     def resolved_delta(self, n_classes: int) -> float:
         return self.delta if self.delta is not None else 0.5 * math.log(n_classes)
@@ -115,6 +179,8 @@ class RunConfig:
         "retries",
         "backoff",
         "device",
+        "image_cache",
+        "progress",
     )
 
     def resume_mismatches(self, saved: dict) -> list[str]:

@@ -1,53 +1,85 @@
-"""The target set (ImageFolder with train/ and val/) and decoded-image storage for training.
+"""The target set (ImageFolder with train/ and val/) and a bounded store of decoded images.
 
-Images are decoded once (``services.images.load_image``: shorter side to ``input_size``, centre crop) and
-kept in memory as uint8 ``(3, S, S)``; the only augmentation is a horizontal flip whose bits are drawn
-together with the batch composition, so a round's batches are a pure function of (seed, round) whatever the
-thread count.
+Images are decoded with their shorter side at ``resize_size(input_size)`` (aspect kept) and kept as uint8
+``(3, H, W)`` in an LRU of ``capacity`` images, so memory stays bounded whatever the number of sources (the
+source files themselves live in the content-addressed cache on disk and are decoded again when evicted).
+Batches are built by ``trainer.augment`` views from per-image uniforms, so they do not depend on threads.
 """
 
 from __future__ import annotations
 
 import sys
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image, ImageOps
 
 from services.errors import ImageDecodeError
-from services.images import load_image
+from trainer.augment import eval_view, resize_size, train_view
 from trainer.config import ConfigError
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+Image.MAX_IMAGE_PIXELS = 40_000_000  # as services.images: a decompression bomb is refused, not decoded
 
 
 class TargetError(ConfigError):
     """A target folder that cannot be trained on (missing split, empty class, classes differing)."""
 
 
+def decode(path: str, shorter: int) -> torch.Tensor:
+    """uint8 (3, H, W) with min(H, W) = ``shorter``; ImageDecodeError naming the problem."""
+    try:
+        with Image.open(path) as img:
+            if img.format == "JPEG":
+                img.draft("RGB", (shorter, shorter))  # decode JPEGs at a reduced scale when that is enough
+            img = ImageOps.exif_transpose(img).convert("RGB")
+            scale = shorter / min(img.size)
+            size = (max(shorter, round(img.size[0] * scale)), max(shorter, round(img.size[1] * scale)))
+            img = img.resize(size, Image.Resampling.BILINEAR)
+            array = np.asarray(img, dtype=np.uint8)
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
+        raise ImageDecodeError(f"cannot decode {path}: {exc}") from exc
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()  # (3, H, W)
+
+
 class ImageStore:
-    """Decoded images by path: uint8 (3, S, S) tensors, decoded once (in a thread pool: PIL releases the
-    GIL)."""
+    """Decoded images by path in a bounded LRU; decoding runs in a thread pool (PIL releases the GIL)."""
 
-    def __init__(self, size: int, threads: int = 2):
-        self.size = size
+    def __init__(self, input_size: int, threads: int = 2, capacity: int = 10_000, crop_scale: float = 0.35):
+        self.input_size = input_size
+        self.shorter = resize_size(input_size)
         self.threads = max(1, threads)
-        self._images: dict[str, torch.Tensor] = {}
+        self.capacity = max(1, capacity)
+        self.crop_scale = crop_scale
+        self._images: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._lock = threading.Lock()
 
-    def _decode(self, path: str) -> torch.Tensor:
-        return torch.from_numpy(load_image(path, self.size).copy()).permute(2, 0, 1).contiguous()  # (3, S, S)
+    def __len__(self) -> int:
+        return len(self._images)
 
-    def preload(self, paths: list[str]) -> dict[str, str]:
-        """Decode every path not yet stored; returns {path: reason} for the unreadable ones."""
+    def _put(self, path: str, image: torch.Tensor) -> None:
+        with self._lock:
+            self._images[path] = image
+            self._images.move_to_end(path)
+            while len(self._images) > self.capacity:
+                self._images.popitem(last=False)
+
+    def preload(self, paths: Sequence[str]) -> dict[str, str]:
+        """Decode every path not stored; returns {path: reason} for the unreadable ones."""
         todo = [p for p in dict.fromkeys(paths) if p not in self._images]
         failed: dict[str, str] = {}
 
         def one(path: str) -> None:
             try:
-                self._images[path] = self._decode(path)
+                self._put(path, decode(path, self.shorter))
             except ImageDecodeError as exc:
                 failed[path] = str(exc)
 
@@ -55,18 +87,39 @@ class ImageStore:
             list(pool.map(one, todo))
         return failed
 
-    def batch(self, paths: list[str], flips: torch.Tensor | None = None) -> torch.Tensor:
-        """Normalised float batch (N, 3, S, S); ``flips`` (N,) bool mirrors those images horizontally."""
-        missing = [p for p in paths if p not in self._images]
+    def images(self, paths: Sequence[str]) -> list[torch.Tensor]:
+        """The decoded images of ``paths`` (decoding the missing ones); ImageDecodeError when one fails."""
+        found: dict[str, torch.Tensor] = {}
+        with self._lock:
+            for p in paths:
+                if p in self._images:
+                    self._images.move_to_end(p)
+                    found[p] = self._images[p]
+        missing = [p for p in paths if p not in found]
         if missing:
-            failed = self.preload(missing)
-            if failed:
-                path, reason = next(iter(failed.items()))
-                raise ImageDecodeError(f"{path}: {reason}")
-        x = torch.stack([self._images[p] for p in paths]).float().div_(255.0)
-        if flips is not None and bool(flips.any()):
-            x[flips] = x[flips].flip(-1)
-        return (x - MEAN) / STD
+            with ThreadPoolExecutor(self.threads) as pool:
+                for p, image in zip(
+                    missing, pool.map(lambda q: decode(q, self.shorter), missing), strict=True
+                ):
+                    found[p] = image
+                    self._put(p, image)
+        return [found[p] for p in paths]
+
+    def train_batch(self, paths: Sequence[str], uniforms: torch.Tensor) -> torch.Tensor:
+        """Normalised float (N, 3, S, S) random-resized crops + flips; ``uniforms`` (N, 5) fix each view."""
+        views = [
+            train_view(img, u, self.input_size, self.crop_scale)
+            for img, u in zip(self.images(paths), uniforms, strict=True)
+        ]
+        return _normalise(torch.stack(views))
+
+    def eval_batch(self, paths: Sequence[str]) -> torch.Tensor:
+        """Normalised float (N, 3, S, S) centre crops."""
+        return _normalise(torch.stack([eval_view(img, self.input_size) for img in self.images(paths)]))
+
+
+def _normalise(x: torch.Tensor) -> torch.Tensor:
+    return (x.float().div_(255.0) - MEAN) / STD
 
 
 @dataclass
@@ -75,6 +128,14 @@ class TargetSet:
     train: list[tuple[str, int]]
     val: list[tuple[str, int]]
     skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def train_paths(self) -> list[str]:
+        return [p for p, _ in self.train]
+
+    @property
+    def val_paths(self) -> list[str]:
+        return [p for p, _ in self.val]
 
     @property
     def train_labels(self) -> torch.Tensor:
@@ -93,13 +154,7 @@ def _scan(split_dir: Path) -> dict[str, list[str]]:
     }
 
 
-def load_target(root: str | Path, store: ImageStore) -> TargetSet:
-    """Scan and decode ``root/{train,val}/<class>/*``; unreadable images are listed on stderr and skipped.
-
-    Raises TargetError (one line) for a missing split, a split without classes, an empty class, or classes
-    that differ between the splits.
-    """
-    root = Path(root)
+def _scan_splits(root: Path) -> dict[str, dict[str, list[str]]]:
     splits = {}
     for split in ("train", "val"):
         split_dir = root / split
@@ -114,6 +169,17 @@ def load_target(root: str | Path, store: ImageStore) -> TargetSet:
         raise TargetError(
             f"classes differ between train/ and val/: only in train {only_train}, only in val {only_val}"
         )
+    return splits
+
+
+def load_target(root: str | Path, store: ImageStore) -> TargetSet:
+    """Scan and decode ``root/{train,val}/<class>/*``; unreadable images are listed on stderr and skipped.
+
+    Raises TargetError (one line) for a missing split, a split without classes, an empty class, or classes
+    that differ between the splits.
+    """
+    root = Path(root)
+    splits = _scan_splits(root)
     classes = sorted(splits["train"])
     skipped: list[tuple[str, str]] = []
     out: dict[str, list[tuple[str, int]]] = {}

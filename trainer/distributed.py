@@ -37,6 +37,22 @@ class Dist:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def all_gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        """Every rank's ``tensor`` (same shape on all ranks), in rank order."""
+        if not self.enabled:
+            return [tensor]
+        parts = [torch.empty_like(tensor) for _ in range(self.world)]
+        dist.all_gather(parts, tensor.contiguous())
+        return parts
+
+    def all_reduce_mean(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The mean over ranks of ``tensor`` (a copy; the argument is left as it was)."""
+        if not self.enabled:
+            return tensor.clone()
+        out = tensor.clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out / self.world
+
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from services.client import RetrievalClient, ServiceUnavailableError
+from services.fileio import atomic_write
 from services.schemas import IndexInfo, Query
 from services.spec import DescriptorSpec
 
@@ -101,10 +100,16 @@ class NeighborLists:
 
 
 def fetch_windows(
-    client: RetrievalClient, queries: QueryMaker, lists: NeighborLists, new_k: Sequence[int], metric: str
+    client: RetrievalClient,
+    queries: QueryMaker,
+    lists: NeighborLists,
+    new_k: Sequence[int],
+    metric: str,
+    exclude: Sequence[int] = (),
+    max_per_source: int | None = None,
 ) -> int:
     """Extend every target's list to ``new_k[i]`` by asking only for [len(list), new_k[i]); returns queries
-    sent."""
+    sent. ``exclude`` (leaked ids) must stay the same for the whole run, or the prefixes would not chain."""
     todo = [
         (i, len(lists.ranked[i]), int(ki) - len(lists.ranked[i]))
         for i, ki in enumerate(new_k)
@@ -113,7 +118,11 @@ def fetch_windows(
     if not todo:
         return 0
     batch = [queries.query(i, k=k, offset=offset) for i, offset, k in todo]
-    response = client.neighbors(batch, k=max(k for _, _, k in todo), metric=metric)
+    # Hub control only when asked for: a service without the field keeps working.
+    hubs = {"max_per_source": max_per_source} if max_per_source is not None else {}
+    response = client.neighbors(
+        batch, k=max(k for _, _, k in todo), metric=metric, exclude_source_ids=list(exclude), **hubs
+    )
     by_id = {r.id: r.neighbors for r in response.results}
     for i, _, k in todo:
         found = by_id[str(i)]
@@ -122,22 +131,6 @@ def fetch_windows(
         if len(found) < k:
             lists.exhausted.add(i)
     return len(todo)
-
-
-def source_labels(client: RetrievalClient, ids: Sequence[int], metric: str) -> dict[int, int]:
-    """Labels of arbitrary source ids (random/all modes): each id's own stored descriptor finds itself at
-    distance 0; a few neighbors are asked for so an exact duplicate with a smaller id cannot hide it."""
-    queries = [Query(id=str(s), source_id=int(s)) for s in ids]
-    if not queries:
-        return {}
-    response = client.neighbors(queries, k=8, metric=metric)
-    labels = {}
-    for result in response.results:
-        own = [n for n in result.neighbors if n.source_id == int(result.id)]
-        if not own:
-            raise RuntimeError(f"the service did not return source {result.id} as its own neighbor")
-        labels[own[0].source_id] = own[0].label
-    return labels
 
 
 class SourceCache:
@@ -174,21 +167,9 @@ class SourceCache:
         name = f"{digest}.{ext.lower() or 'bin'}"
         obj = self.objects / name[:2] / name
         if not obj.is_file():
-            _atomic_write(obj, data)
-        _atomic_write(self._ref(source_id), name.encode())
+            atomic_write(obj, data, fsync=False)
+        atomic_write(self._ref(source_id), name.encode(), fsync=False)
         return obj
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def download(

@@ -6,6 +6,8 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from services.fileio import atomic_write
+
 LINE_FIELDS = (
     ("round", "{:d}"),
     ("mean_class_acc", "{:.4f}"),
@@ -18,6 +20,10 @@ LINE_FIELDS = (
     ("uncertain", "{:d}"),
     ("k_mean", "{:.2f}"),
     ("k_max", "{:d}"),
+    ("leaked_excluded", "{:d}"),
+    ("steps", "{:d}"),
+    ("steps_per_s", "{:.2f}"),
+    ("images_per_s", "{:.1f}"),
 )
 
 
@@ -27,9 +33,7 @@ def format_line(row: dict) -> str:
 
 def write_metrics(path: Path, rows: Sequence[dict]) -> None:
     """Rewrite ``metrics.jsonl`` with exactly ``rows`` (a resumed run drops lines of an unfinished round)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
-    tmp.replace(path)
+    atomic_write(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
 
 
 def table(rows: Sequence[dict]) -> str:

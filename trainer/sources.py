@@ -1,120 +1,169 @@
-"""Which source images a round uses, per ``--source-mode``, with equal budgets across modes.
+"""Which source images a round uses, per ``--source-mode``, with the budgets of the paper's baselines.
 
-- selective: each target's K_i nearest sources (a prefix of its ranking); a sample pairs a target with one.
-- random: as many distinct source images as selective would use this round (its neighbor windows are still
-  asked for, only to count them), drawn uniformly without replacement from the whole index (seeded; the pool
-  only grows).
-- all: every source image of the index; only the images the round's samples actually use are downloaded.
-- none: no source images (plain fine-tuning of the target head and backbone).
+- selective: each target's K_i nearest sources (a prefix of its ranking, leaked ids excluded, hub control
+  ``max_per_source`` passed to the service).
+- random: as many distinct sources as selective uses in the same round: read from the selective run's
+  metrics.jsonl (``--match-pool``), else counted by asking the neighbor windows for the ids only. The pool is
+  drawn by the service's ``sample_sources`` (seeded, leaked ids excluded) and only grows, round by round.
+- all: the whole corpus streamed: ids come from ``sample_sources`` in chunks, each corpus epoch without
+  replacement, and a round takes the next ``steps * global_batch * source_ratio`` of them.
+- none: no sources at all (plain fine-tuning: no resampling by K, no source head, no service).
+
+Labels of random/all ids come from the service by id (``source_labels``), never from a self-query.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from services.client import RetrievalClient
-from trainer.fetch import NeighborLists, QueryMaker, fetch_windows, source_labels
+from trainer.fetch import NeighborLists, QueryMaker, fetch_windows
+from trainer.plan import POOL, STREAM, cycle_own_lists, cycle_shared_pool, seed_int
+
+STREAM_CHUNK = 8192  # ids per sample_sources call of the all-mode stream
 
 
 @dataclass
 class SourceState:
+    """Everything a round's source selection depends on; saved in the checkpoint."""
+
     mode: str
     index_size: int
     lists: NeighborLists
+    leaked: list[int] = field(default_factory=list)
     pool: list[int] = field(default_factory=list)  # random mode
-    labels: dict[int, int] = field(default_factory=dict)  # labels of pool / all-mode ids
+    labels: dict[int, int] = field(default_factory=dict)  # labels of pool / streamed ids
+    stream: list[int] = field(default_factory=list)  # all mode: drawn, not yet trained on
+    stream_epoch: int = 0
+    stream_drawn: list[int] = field(default_factory=list)  # all mode: ids drawn in the current corpus epoch
     in_use: int = 0
 
     def label(self, source_id: int) -> int:
         return self.lists.labels[source_id] if source_id in self.lists.labels else self.labels[source_id]
 
     def to_state(self) -> dict:
-        return {
-            "mode": self.mode,
-            "index_size": self.index_size,
-            "lists": self.lists.to_state(),
-            "pool": self.pool,
-            "labels": self.labels,
-            "in_use": self.in_use,
-        }
+        state = {k: v for k, v in self.__dict__.items() if k != "lists"}
+        return {**state, "lists": self.lists.to_state()}
 
     @classmethod
     def from_state(cls, s: dict) -> SourceState:
-        return cls(
-            s["mode"],
-            s["index_size"],
-            NeighborLists.from_state(s["lists"]),
-            list(s["pool"]),
-            {int(a): int(b) for a, b in s["labels"].items()},
-            s["in_use"],
+        fields = {k: v for k, v in s.items() if k != "lists"}
+        fields["labels"] = {int(a): int(b) for a, b in s["labels"].items()}
+        return cls(lists=NeighborLists.from_state(s["lists"]), **fields)
+
+
+def matched_pool_sizes(run_dir: str) -> list[int]:
+    """Per-round ``sources_in_use`` of a (selective) run, from its metrics.jsonl."""
+    rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if line]
+    return [int(r["sources_in_use"]) for r in sorted(rows, key=lambda r: r["round"])]
+
+
+@dataclass
+class Selector:
+    """Rank 0's side of source selection: talks to the service, mutates ``state``."""
+
+    state: SourceState
+    client: RetrievalClient | None
+    queries: QueryMaker | None
+    metric: str
+    seed: int
+    max_per_source: int | None = None
+    pool_sizes: list[int] | None = None  # random mode with --match-pool
+
+    def _windows(self, k: torch.Tensor) -> None:
+        fetch_windows(
+            self.client,
+            self.queries,
+            self.state.lists,
+            k.tolist(),
+            self.metric,
+            exclude=self.state.leaked,
+            max_per_source=self.max_per_source,
         )
 
+    def select(self, rnd: int, k: torch.Tensor, stream_need: int) -> None:
+        """This round's selection; sets ``state.in_use`` (all mode: after the plan, see ``trained_on``)."""
+        mode = self.state.mode
+        if mode == "selective":
+            self._windows(k)
+            self.state.in_use = len(self.state.lists.selected(k.tolist()))
+        elif mode == "random":
+            self._grow_pool(rnd, self._random_budget(rnd, k))
+        elif mode == "all":
+            self._fill_stream(stream_need)
 
-def seeded(seed: int, rnd: int, stream: int) -> torch.Generator:
-    """A generator for (seed, round, purpose): independent of how the run was split or resumed."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + rnd * 101 + stream)
+    def _random_budget(self, rnd: int, k: torch.Tensor) -> int:
+        if self.pool_sizes:
+            return self.pool_sizes[min(rnd, len(self.pool_sizes) - 1)]
+        self._windows(k)  # asked only to count the distinct ids selective would use
+        return len(self.state.lists.selected(k.tolist()))
+
+    def _grow_pool(self, rnd: int, budget: int) -> None:
+        state = self.state
+        budget = min(budget, state.index_size - len(state.leaked))
+        if budget > len(state.pool):
+            fresh = self.client.sample_sources(
+                budget - len(state.pool), seed_int(self.seed, rnd, POOL), exclude=state.leaked + state.pool
+            )
+            self._learn_labels(fresh)
+            state.pool.extend(int(s) for s in fresh)
+        state.in_use = len(state.pool)
+
+    def _fill_stream(self, need: int) -> None:
+        state = self.state
+        epoch_size = state.index_size - len(state.leaked)
+        while len(state.stream) < need:
+            if len(state.stream_drawn) >= epoch_size:
+                state.stream_epoch, state.stream_drawn = state.stream_epoch + 1, []
+            n = min(STREAM_CHUNK, epoch_size - len(state.stream_drawn))
+            seed = seed_int(self.seed, state.stream_epoch, STREAM, len(state.stream_drawn))
+            chunk = [
+                int(s) for s in self.client.sample_sources(n, seed, exclude=state.leaked + state.stream_drawn)
+            ]
+            state.stream_drawn.extend(chunk)
+            state.stream.extend(chunk)
+        self._learn_labels([s for s in dict.fromkeys(state.stream[:need]) if s not in state.labels])
+
+    def _learn_labels(self, ids: list[int]) -> None:
+        for start in range(0, len(ids), STREAM_CHUNK):
+            for row in self.client.source_labels(ids[start : start + STREAM_CHUNK]):
+                self.state.labels[int(row.source_id)] = int(row.label)
 
 
-def prepare_round(
-    state: SourceState,
-    client: RetrievalClient | None,
-    queries: QueryMaker | None,
-    k: torch.Tensor,
-    metric: str,
-    seed: int,
-    rnd: int,
-) -> None:
-    """Rank 0: fetch this round's neighbor windows (and grow the random pool); sets ``state.in_use``."""
+def pair_sources(
+    state: SourceState, order: torch.Tensor, k: torch.Tensor, ratio: int, seed: int, rnd: int
+) -> torch.Tensor:
+    """(S, ratio) source ids for the targets in ``order`` (trainer/plan.py docstring); (S, 0) in mode none."""
     if state.mode == "none":
-        state.in_use = 0
-        return
-    if state.mode == "all":
-        state.in_use = state.index_size
-        return
-    fetch_windows(client, queries, state.lists, k.tolist(), metric)
-    selected = state.lists.selected(k.tolist())
-    state.in_use = len(selected)
-    if state.mode == "random" and len(state.pool) < state.in_use:
-        have = set(state.pool)
-        order = torch.randperm(state.index_size, generator=seeded(seed, rnd, 1)).tolist()
-        fresh = [s for s in order if s not in have][: state.in_use - len(state.pool)]
-        state.labels.update(source_labels(client, fresh, metric))
-        state.pool.extend(fresh)
-
-
-def picker(state: SourceState, k: torch.Tensor):
-    """``pick(targets (S,), u (S,)) -> source ids (S,)`` for ``draw_plan``; None in mode none."""
-    if state.mode == "none":
-        return None
-    if state.mode == "all":
-        return lambda targets, u: (u * state.index_size).long().clamp_max(state.index_size - 1)
+        return torch.empty(len(order), 0, dtype=torch.long)
+    if state.mode == "selective":
+        lists = [r[: int(ki)] for r, ki in zip(state.lists.ranked, k.tolist(), strict=True)]
+        return cycle_own_lists(order, lists, ratio, seed, rnd)
     if state.mode == "random":
-        pool = torch.tensor(state.pool, dtype=torch.long)
-        return lambda targets, u: pool[(u * len(pool)).long().clamp_max(len(pool) - 1)]
+        return cycle_shared_pool(len(order), state.pool, ratio, seed, rnd)
+    need = len(order) * ratio
+    if len(state.stream) < need:
+        raise RuntimeError(f"all-mode stream holds {len(state.stream)} ids, the round needs {need}")
+    return torch.tensor(state.stream[:need], dtype=torch.long).view(len(order), ratio)
 
-    ranked = state.lists.ranked
-    if any(min(int(k[i]), len(ranked[i])) == 0 for i in range(len(ranked))):
-        raise RuntimeError("a target image has no source neighbors: is the index empty?")
 
-    def pick(targets: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        out = torch.empty_like(targets)
-        for j, (t, uj) in enumerate(zip(targets.tolist(), u.tolist(), strict=True)):
-            prefix = min(int(k[t]), len(ranked[t]))
-            out[j] = ranked[t][min(int(uj * prefix), prefix - 1)]
-        return out
-
-    return pick
+def consume_stream(state: SourceState, plan_source: torch.Tensor) -> None:
+    """All mode: the round's ids leave the stream; ``in_use`` = the distinct ids actually trained on."""
+    if state.mode == "all":
+        used = plan_source.numel()
+        state.in_use = len(set(state.stream[:used]))
+        state.stream = state.stream[used:]
 
 
 def needed_ids(state: SourceState, k: torch.Tensor, plan_source: torch.Tensor) -> list[int]:
-    """Source ids this round downloads: the selected set (selective), the pool (random), the sampled ids
+    """Source ids this round downloads: the selected set (selective), the pool (random), the round's stream
     (all)."""
     if state.mode == "selective":
         return state.lists.selected(k.tolist())
     if state.mode == "random":
         return list(state.pool)
-    if state.mode == "all":
-        return sorted(set(plan_source.tolist()))
-    return []
+    return list(dict.fromkeys(plan_source.flatten().tolist()))

@@ -1,132 +1,141 @@
-"""The joint fine-tuning loop and evaluation.
+"""The joint fine-tuning steps of one round, and sharded evaluation.
 
-A round's whole sample plan (which target, which of its neighbors, flips) is drawn up front from a generator
-seeded by (seed, round), so the batches are identical however the run is split, resumed or sharded.
+Loss = 0.5 CE_target + 0.5 CE_source (the paper); without sources (mode none) CE_target alone with weight 1,
+as plain fine-tuning. Target and source images go through the backbone in one batch (shared BatchNorm
+statistics). Batches are built one step ahead in a background thread while the current step computes.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import WeightedRandomSampler
+from tqdm import tqdm
 
 from trainer.data import ImageStore
-from trainer.model import JointModel
+from trainer.distributed import Dist
+from trainer.plan import shard_indices
 
 
 @dataclass
-class Plan:
-    """One round's samples, in order: S = epochs * N_target."""
-
-    target: torch.Tensor  # (S,) long, index into the target training list
-    source: torch.Tensor  # (S,) long source_id, -1 for none (plain fine-tuning)
-    flips: torch.Tensor  # (S, 2) bool, horizontal flip of the target / source image
-
-    def slice(self, lo: int, hi: int) -> Plan:
-        return Plan(self.target[lo:hi], self.source[lo:hi], self.flips[lo:hi])
-
-    def shard(self, rank: int, world: int) -> Plan:
-        return Plan(self.target[rank::world], self.source[rank::world], self.flips[rank::world])
-
-
-def draw_plan(
-    weights: torch.Tensor,
-    epochs: int,
-    pick_source: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None,
-    generator: torch.Generator,
-) -> Plan:
-    """Targets drawn with replacement in proportion to ``weights`` (N,); ``pick_source(targets, u)`` maps each
-    drawn target and a uniform u in [0, 1) to a source id (None: no sources)."""
-    n = len(weights)
-    sampler = WeightedRandomSampler(weights, num_samples=n * epochs, replacement=True, generator=generator)
-    target = torch.tensor(list(sampler), dtype=torch.long)  # (S,)
-    u = torch.rand(len(target), generator=generator, dtype=torch.float64)  # (S,)
-    flips = torch.rand(len(target), 2, generator=generator) < 0.5  # (S, 2)
-    source = pick_source(target, u) if pick_source else torch.full_like(target, -1)
-    return Plan(target=target, source=source, flips=flips)
+class Batch:
+    x: torch.Tensor  # (b + b * R, 3, S, S): targets first, then their sources
+    n_target: int
+    y_target: torch.Tensor  # (b,)
+    y_source: torch.Tensor  # (b * R,)
 
 
 @dataclass
-class EpochStats:
+class RoundStats:
     loss: float
     loss_target: float
     loss_source: float
-    images_per_s: float
+    steps: int
+    steps_per_s: float
+    images_per_s: float  # over all ranks
 
 
-def train_epoch(
-    model: nn.Module,
-    plan: Plan,
-    target_paths: Sequence[str],
-    target_labels: torch.Tensor,
-    source_path: Callable[[int], str],
-    source_class: dict[int, int],
-    store: ImageStore,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    device: torch.device,
-    batch_size: int,
-) -> EpochStats:
-    """One pass over ``plan`` (this rank's share). Loss = 0.5 CE_target + 0.5 CE_source (CE_target alone
-    without sources). Target and source images go through the backbone in one batch: shared BatchNorm
-    statistics."""
-    model.train()
-    use_amp = device.type == "cuda"
-    totals = torch.zeros(3, dtype=torch.float64)
-    steps, seen, start = 0, 0, time.perf_counter()
-    for lo in range(0, len(plan.target), batch_size):
-        t_idx = plan.target[lo : lo + batch_size]
-        s_ids = plan.source[lo : lo + batch_size]
-        flips = plan.flips[lo : lo + batch_size]
-        x_t = store.batch([target_paths[i] for i in t_idx.tolist()], flips[:, 0])  # (b, 3, S, S)
-        y_t = target_labels[t_idx]
-        joint = bool((s_ids >= 0).all())
-        if joint:
-            x_s = store.batch([source_path(s) for s in s_ids.tolist()], flips[:, 1])
-            y_s = torch.tensor([source_class[s] for s in s_ids.tolist()], dtype=torch.long)
-            x = torch.cat([x_t, x_s])
-        else:
-            x = x_t
-        x, y_t = x.to(device, non_blocking=True), y_t.to(device)
-        with torch.autocast(device.type, enabled=use_amp):
-            logits_t, logits_s = model(x, len(t_idx))
-            loss_t = F.cross_entropy(logits_t.float(), y_t)
-            if joint:
-                loss_s = F.cross_entropy(logits_s.float(), y_s.to(device))
-                loss = 0.5 * loss_t + 0.5 * loss_s
-            else:
-                # The source head still joins the graph (0 rows) so DDP sees every parameter used.
-                loss_s = logits_s.float().sum() * 0.0
-                loss = loss_t + loss_s
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        totals += torch.tensor([loss.item(), loss_t.item(), loss_s.item()], dtype=torch.float64)
-        steps += 1
-        seen += len(x)
-    mean = (totals / max(steps, 1)).tolist()
-    return EpochStats(mean[0], mean[1], mean[2], seen / max(time.perf_counter() - start, 1e-9))
+def joint_loss(
+    logits_t: torch.Tensor, y_t: torch.Tensor, logits_s: torch.Tensor, y_s: torch.Tensor, smoothing: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, CE_target, CE_source)."""
+    loss_t = F.cross_entropy(logits_t.float(), y_t, label_smoothing=smoothing)
+    if len(y_s):
+        loss_s = F.cross_entropy(logits_s.float(), y_s, label_smoothing=smoothing)
+        return 0.5 * loss_t + 0.5 * loss_s, loss_t, loss_s
+    # No sources: the source head still joins the graph (0 rows) so DDP sees every parameter used.
+    loss_s = logits_s.float().sum() * 0.0
+    return loss_t + loss_s, loss_t, loss_s
+
+
+@dataclass
+class StepRunner:
+    """What every step needs: the (possibly DDP-wrapped) net, optimizer, schedule and AMP scaler."""
+
+    net: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    device: torch.device
+    label_smoothing: float
+
+    def step(self, batch: Batch) -> torch.Tensor:
+        """One optimizer step; returns the detached (loss, CE_target, CE_source) (3,)."""
+        dev = self.device
+        x = batch.x.to(dev, non_blocking=True)
+        with torch.autocast(dev.type, enabled=dev.type == "cuda"):
+            logits_t, logits_s = self.net(x, batch.n_target)
+            losses = joint_loss(
+                logits_t, batch.y_target.to(dev), logits_s, batch.y_source.to(dev), self.label_smoothing
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(losses[0]).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return torch.stack([v.detach().float() for v in losses])
+
+
+def train_round(
+    runner: StepRunner,
+    make_batch: Callable[[int], Batch],
+    steps: int,
+    before_step: Callable[[int], None],
+    d: Dist,
+    desc: str,
+    progress: bool = True,
+) -> RoundStats:
+    """``steps`` steps; ``make_batch(s)`` builds step s's batch (prefetched one step ahead),
+    ``before_step(s)`` sets modes for step s. Losses are averaged over steps and all-reduced over ranks."""
+    totals = torch.zeros(3, dtype=torch.float64, device=runner.device)
+    images, start = 0, time.perf_counter()
+    bar = tqdm(total=steps, desc=desc, unit="step", disable=not (progress and d.is_main), leave=False)
+    with ThreadPoolExecutor(1) as prefetch:
+        upcoming = prefetch.submit(make_batch, 0)
+        for s in range(steps):
+            batch = upcoming.result()
+            if s + 1 < steps:
+                upcoming = prefetch.submit(make_batch, s + 1)
+            before_step(s)
+            totals += runner.step(batch).double()
+            images += len(batch.x)
+            bar.update(1)
+            if s % 10 == 9 or s + 1 == steps:
+                bar.set_postfix(
+                    loss=f"{float(totals[0]) / (s + 1):.4f}",
+                    img_s=f"{images * d.world / (time.perf_counter() - start):.0f}",
+                )
+    bar.close()
+    seconds = max(time.perf_counter() - start, 1e-9)
+    mean = (d.all_reduce_mean(totals) / max(steps, 1)).tolist()
+    return RoundStats(mean[0], mean[1], mean[2], steps, steps / seconds, images * d.world / seconds)
 
 
 @torch.inference_mode()
 def predict(
-    model: JointModel, paths: Sequence[str], store: ImageStore, device: torch.device, batch_size: int
+    model: nn.Module, paths: Sequence[str], store: ImageStore, device: torch.device, batch_size: int, d: Dist
 ) -> torch.Tensor:
-    """Softmax target predictions (N, C) in eval mode."""
+    """Softmax target predictions (N, C) on centre crops in eval mode, each rank scoring its shard of
+    ``paths`` (padded as DistributedSampler does) and all ranks receiving the whole (N, C)."""
     model.eval()
+    mine = shard_indices(len(paths), d.rank, d.world)  # (ceil(N / world),)
     out = []
-    for lo in range(0, len(paths), batch_size):
-        x = store.batch(list(paths[lo : lo + batch_size])).to(device)
+    for lo in range(0, len(mine), batch_size):
+        x = store.eval_batch([paths[i] for i in mine[lo : lo + batch_size].tolist()]).to(device)
         with torch.autocast(device.type, enabled=device.type == "cuda"):
             logits = model.target_head(model.backbone(x))
-        out.append(logits.float().softmax(dim=1).cpu())
-    return torch.cat(out)
+        out.append(logits.float().softmax(dim=1))
+    probs = torch.cat(out)  # (ceil(N / world), C)
+    gathered = d.all_gather(probs)  # world x (ceil(N / world), C)
+    full = torch.empty(len(mine) * d.world, probs.shape[1], device=probs.device)
+    for rank, part in enumerate(gathered):
+        full[rank :: d.world] = part  # rank r scored padded positions r, r + world, ...
+    return full[: len(paths)].cpu()
 
 
 def accuracy(probs: torch.Tensor, labels: torch.Tensor, n_classes: int) -> tuple[float, float]:

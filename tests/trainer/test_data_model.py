@@ -11,7 +11,8 @@ import torch
 from trainer.cli import main
 from trainer.data import ImageStore, TargetError, load_target
 from trainer.model import JointModel, load_backbone_weights
-from trainer.train import accuracy, draw_plan, train_epoch
+from trainer.plan import Plan, cycle_own_lists, target_order, uniforms
+from trainer.train import Batch, StepRunner, accuracy, joint_loss
 
 from .helpers import make_target
 
@@ -95,38 +96,47 @@ def test_weights_file_loads_backbone_and_ignores_classifier(tmp_path: Path):
     assert unexpected == ["fc.weight", "fc.bias"]
 
 
-def _one_epoch(target: Path, seed: int) -> tuple[float, torch.Tensor]:
+def _steps(target: Path, seed: int) -> tuple[list[float], torch.Tensor]:
+    """Three joint steps of a fixed plan; the sources are the target images under two fake classes."""
     store = ImageStore(32)
     ts = load_target(target, store)
-    paths = [p for p, _ in ts.train]
+    paths = ts.train_paths
     torch.manual_seed(seed)
     model = JointModel("squeezenet1_0", 3, 2)
-    # Sources: the target images themselves under two fake source classes.
-    pick = lambda targets, u: targets  # noqa: E731
-    plan = draw_plan(torch.ones(len(paths)), 1, pick, torch.Generator().manual_seed(seed))
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    stats = train_epoch(
-        model,
-        plan,
-        paths,
-        ts.train_labels,
-        lambda i: paths[i],
-        {i: i % 2 for i in range(12)},
-        store,
-        opt,
-        scaler,
-        torch.device("cpu"),
-        batch_size=6,
-    )
-    return stats.loss, model.target_head.weight.detach().clone()
+    runner = StepRunner(model, opt, sched, scaler, torch.device("cpu"), 0.1)
+    order = target_order(torch.ones(len(paths), dtype=torch.long), 18, seed, 0)
+    plan = Plan(order, cycle_own_lists(order, [[i] for i in range(len(paths))], 1, seed, 0), 3, 6, 1)
+    losses = []
+    for step in range(plan.steps):
+        t, s = plan.batch(step, 0)
+        u = uniforms(seed, 0, step, plan, 0)
+        x = torch.cat([store.train_batch([paths[i] for i in t.tolist()], u[:, 0]),
+                       store.train_batch([paths[i] for i in s.flatten().tolist()], u[:, 1])])
+        model.train()
+        batch = Batch(x, len(t), ts.train_labels[t], s.flatten() % 2)
+        losses.append(float(runner.step(batch)[0]))
+    return losses, model.target_head.weight.detach().clone()
 
 
-def test_training_step_is_deterministic_and_finite(target: Path):
+def test_training_steps_are_deterministic_and_finite(target: Path):
     torch.use_deterministic_algorithms(True, warn_only=True)
-    loss_a, w_a = _one_epoch(target, 3)
-    loss_b, w_b = _one_epoch(target, 3)
-    assert loss_a == loss_b and torch.equal(w_a, w_b) and torch.isfinite(torch.tensor(loss_a))
+    loss_a, w_a = _steps(target, 3)
+    loss_b, w_b = _steps(target, 3)
+    assert loss_a == loss_b and torch.equal(w_a, w_b) and all(torch.isfinite(torch.tensor(loss_a)))
+    loss_c, _ = _steps(target, 4)
+    assert loss_c != loss_a  # the seed matters: different plans and crops
+
+
+def test_joint_loss_weights_half_and_half_and_target_alone_without_sources():
+    logits_t, logits_s = torch.tensor([[2.0, 0.0]]), torch.tensor([[0.0, 1.0, 0.0]])
+    y_t, y_s = torch.tensor([0]), torch.tensor([2])
+    loss, ce_t, ce_s = joint_loss(logits_t, y_t, logits_s, y_s, 0.0)
+    assert torch.isclose(loss, 0.5 * ce_t + 0.5 * ce_s) and ce_s > ce_t
+    alone, ce_t2, zero = joint_loss(logits_t, y_t, logits_s[:0], y_s[:0], 0.0)
+    assert torch.isclose(alone, ce_t2) and float(zero) == 0.0  # mode none: CE_target with weight 1
 
 
 def test_mean_class_accuracy_weighs_classes_equally():

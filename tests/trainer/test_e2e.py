@@ -11,19 +11,28 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from services.client import RetrievalClient
 from tests.conftest import free_port
 from tests.retrieval.live_server import REPO, live_server
 from trainer.cli import main
+from trainer.data import ImageStore, load_target
+from trainer.distributed import Dist
+from trainer.model import JointModel
+from trainer.train import accuracy, predict
 
 from .conftest import TRAINER_ENV, run_trainer, start_trainer, trainer_cmd, wait_for_line
 
 pytestmark = pytest.mark.timeout(240)
 
 
+TIMING = ("steps_per_s", "images_per_s")  # wall-clock rates: the only fields that differ between equal runs
+
+
 def metrics(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
 
 
 @pytest.fixture(scope="module")
@@ -105,3 +114,29 @@ def test_ddp_two_cpu_processes(service, small_target, tmp_path: Path):
     rows = metrics(tmp_path / "run")
     assert len(rows) == 1 and rows[0]["sources_in_use"] > 0
     assert done.stdout.count("round=0 ") == 1  # only rank 0 logs
+    # 9 targets, 2 ranks of batch 4 (uneven): both ranks ran ceil(3 * 9 * 2 / 8) = 7 steps, or DDP would hang.
+    assert rows[0]["steps"] == 7
+    # The sharded, gathered evaluation equals scoring the saved model on all of val/ in one process.
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", map_location="cpu", weights_only=False)
+    model = JointModel("squeezenet1_0", 3, ckpt["source_head_rows"])
+    model.load_state_dict(ckpt["model"])
+    store = ImageStore(32)
+    ts = load_target(small_target, store)
+    probs = predict(model, ts.val_paths, store, torch.device("cpu"), 4, Dist())
+    mca, top1 = accuracy(probs, ts.val_labels, 3)
+    assert (mca, top1) == pytest.approx((rows[0]["mean_class_acc"], rows[0]["top1"]), abs=1e-9)
+
+
+def test_second_trainer_on_the_same_out_exits_2(service, small_target, tmp_path: Path, capsys):
+    cmd = trainer_cmd(small_target, service, tmp_path / "run", tmp_path / "cache")
+    first = start_trainer(cmd, tmp_path / "stderr.txt")
+    try:
+        wait_for_line(first, "config:")  # printed once the run dir is locked
+        assert main(cmd[3:] + ["--resume"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "in use by another trainer" in err and str(first.pid) in err and len(err.splitlines()) == 1
+    finally:
+        first.kill()
+        first.wait()
+    written = tmp_path / "run" / "metrics.jsonl"
+    assert not written.exists() or not written.read_text().strip()  # the second trainer wrote no row

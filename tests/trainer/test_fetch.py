@@ -1,4 +1,4 @@
-"""Neighbor windows never refetch; the source cache is content-addressed and atomic; budgets match."""
+"""Neighbor windows never refetch; the source cache is content-addressed and atomic."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import torch
 from services.client import ServiceUnavailableError
 from services.schemas import Neighbor, NeighborsResponse, QueryResult
 from trainer.fetch import NeighborLists, QueryMaker, SourceCache, download, fetch_windows
-from trainer.sources import SourceState, needed_ids, picker, prepare_round
+
+SPEC_HASH = "0" * 64
 
 
 class RankingClient:
@@ -34,11 +35,11 @@ class RankingClient:
                     for r in range(q.offset, q.offset + q.k)
                 ]
             results.append(QueryResult(id=q.id, neighbors=found))
-        return NeighborsResponse(results=results, spec_hash="h", took_ms=0.0)
+        return NeighborsResponse(results=results, spec_hash=SPEC_HASH, took_ms=0.0)
 
 
 def descriptor_queries(n: int) -> QueryMaker:
-    return QueryMaker([f"t{i}" for i in range(n)], torch.full((n, 2, 2), 0.5).numpy(), "h")
+    return QueryMaker([f"t{i}" for i in range(n)], torch.full((n, 2, 2), 0.5).numpy(), SPEC_HASH)
 
 
 def test_windows_extend_without_refetching():
@@ -52,34 +53,6 @@ def test_windows_extend_without_refetching():
     every = [s for r in lists.ranked for s in r]
     assert len(every) == len(set(every))  # each neighbor fetched exactly once
     assert lists.labels[7] == 1
-
-
-def test_random_mode_draws_the_selective_budget_seeded():
-    client = RankingClient()
-    k = torch.tensor([3, 5, 2])
-    sel = SourceState("selective", 10_000, NeighborLists([[] for _ in range(3)]))
-    prepare_round(sel, client, descriptor_queries(3), k, "js", seed=1, rnd=0)
-    rnd_a = SourceState("random", 10_000, NeighborLists([[] for _ in range(3)]))
-    rnd_b = SourceState("random", 10_000, NeighborLists([[] for _ in range(3)]))
-    prepare_round(rnd_a, RankingClient(), descriptor_queries(3), k, "js", seed=1, rnd=0)
-    prepare_round(rnd_b, RankingClient(), descriptor_queries(3), k, "js", seed=1, rnd=0)
-    assert sel.in_use == 10 == len(rnd_a.pool) == len(set(rnd_a.pool))
-    assert rnd_a.pool == rnd_b.pool  # seeded
-    assert needed_ids(rnd_a, k, torch.tensor([])) == rnd_a.pool
-    assert all(rnd_a.labels[s] == s % 7 for s in rnd_a.pool)
-    # Next round with larger K: the pool grows to the new budget and keeps what it had.
-    k2 = torch.tensor([6, 5, 2])
-    first = list(rnd_a.pool)
-    prepare_round(rnd_a, RankingClient(), descriptor_queries(3), k2, "js", seed=1, rnd=1)
-    assert len(rnd_a.pool) == 13 and rnd_a.pool[:10] == first
-
-
-def test_selective_picker_stays_within_each_prefix():
-    lists = NeighborLists([[1, 2, 3, 4], [9, 8]])
-    state = SourceState("selective", 100, lists)
-    pick = picker(state, torch.tensor([2, 2]))
-    out = pick(torch.tensor([0, 0, 1, 1, 0]), torch.tensor([0.0, 0.99, 0.0, 0.6, 0.5], dtype=torch.float64))
-    assert out.tolist() == [1, 2, 9, 8, 2]
 
 
 def test_cache_is_content_addressed_and_shared(tmp_path: Path):

@@ -7,7 +7,7 @@ import json
 import httpx
 
 from services.client import RetrievalClient, ServiceUnavailableError
-from trainer.run import Reporter
+from trainer.jobs import Reporter
 
 
 def recording_client(status: int = 200) -> tuple[RetrievalClient, list[dict]]:
