@@ -135,10 +135,14 @@ def decode_cost(src: ImageSource, size: int, max_pixels: int = DEFAULT_MAX_PIXEL
         per_pixel += 8  # -> RGBA, then premultiplied (RGBa) by reduce, the original still referenced
     elif img.mode not in ("L", "RGB"):
         per_pixel += 4  # RGBA -> RGBa (premultiplied), I;16 -> I, CMYK -> RGB, 1 -> L
-    try:
-        turned = img.getexif().get(ExifTags.Base.Orientation, 1) in range(2, 9)
-    except (OSError, ValueError, SyntaxError, KeyError, TypeError):
-        turned = False
+    turned = False
+    # PNG's getexif() DECODES the whole image when no eXIf chunk precedes the pixels (it may follow them):
+    # the estimate must stay header-only, so such a PNG counts as not turned.
+    if img.format != "PNG" or "exif" in img.info:
+        try:
+            turned = img.getexif().get(ExifTags.Base.Orientation, 1) in range(2, 9)
+        except (OSError, ValueError, SyntaxError, KeyError, TypeError):
+            pass
     # + the output and the decoder's own buffers (zlib window, line buffers): a few MB, measured
     return len(data) + pixels * per_pixel * (2 if turned else 1) + 4 * size * size + (8 << 20)
 

@@ -22,11 +22,12 @@ SIDE = 6000  # 36 Mpx: under the 40 Mpx default limit
 _PEAK = """
 import io, json, resource, sys
 from PIL import Image
-from services.images import load_image
+from services.images import decode_cost, load_image
 data = open(sys.argv[1], "rb").read()
+run = decode_cost if sys.argv[2:] == ["cost"] else load_image
 warm = io.BytesIO(); Image.new("RGB", (300, 300)).save(warm, "PNG"); load_image(warm.getvalue(), 224)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-load_image(data, 224)
+run(data, 224)
 print(json.dumps({"peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before}))
 """
 
@@ -62,6 +63,15 @@ def test_huge_png_decode_peak_stays_within_its_estimate(tmp_path, mode):
     # Conversions run after the early reduction: at most two full-size 4-byte buffers (RGBA and premultiplied
     # RGBa), where compositing on white at full size took five.
     assert peak <= 2.2 * SIDE * SIDE * 4
+
+
+def test_decode_cost_reads_the_header_only(tmp_path):
+    path = tmp_path / "huge.png"
+    Image.fromarray(pattern(SIDE, SIDE)).save(path, compress_level=1)
+    cmd = [sys.executable, "-c", _PEAK, str(path), "cost"]
+    peak = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)["peak"]
+    # PNG's getexif() would decode all 144 MB: the estimate that gates decoding must not itself decode.
+    assert peak < 16 * 2**20
 
 
 @pytest.mark.parametrize("mode", ["RGB", "RGBA", "L"])
