@@ -61,6 +61,7 @@ class ImageStore:
         self.crop_scale = crop_scale
         self._images: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(self.threads)  # lives as long as the store (threads exit with it)
 
     def __len__(self) -> int:
         return len(self._images)
@@ -83,8 +84,7 @@ class ImageStore:
             except ImageDecodeError as exc:
                 failed[path] = str(exc)
 
-        with ThreadPoolExecutor(self.threads) as pool:
-            list(pool.map(one, todo))
+        list(self._pool.map(one, todo))
         return failed
 
     def images(self, paths: Sequence[str]) -> list[torch.Tensor]:
@@ -96,30 +96,30 @@ class ImageStore:
                     self._images.move_to_end(p)
                     found[p] = self._images[p]
         missing = [p for p in paths if p not in found]
-        if missing:
-            with ThreadPoolExecutor(self.threads) as pool:
-                for p, image in zip(
-                    missing, pool.map(lambda q: decode(q, self.shorter), missing), strict=True
-                ):
-                    found[p] = image
-                    self._put(p, image)
+        decoded = self._pool.map(lambda q: decode(q, self.shorter), missing)
+        for p, image in zip(missing, decoded, strict=True):
+            found[p] = image
+            self._put(p, image)
         return [found[p] for p in paths]
 
     def train_batch(self, paths: Sequence[str], uniforms: torch.Tensor) -> torch.Tensor:
-        """Normalised float (N, 3, S, S) random-resized crops + flips; ``uniforms`` (N, 5) fix each view."""
-        views = [
-            train_view(img, u, self.input_size, self.crop_scale)
-            for img, u in zip(self.images(paths), uniforms, strict=True)
-        ]
-        return _normalise(torch.stack(views))
+        """uint8 (N, 3, S, S) random-resized crops + flips; ``uniforms`` (N, 5) fix each view. Views are
+        made in the thread pool (torch's resize releases the GIL); ``normalise`` runs on the device."""
+        images = self.images(paths)
+        views = self._pool.map(
+            lambda img, u: train_view(img, u, self.input_size, self.crop_scale), images, list(uniforms)
+        )
+        return torch.stack(list(views))
 
     def eval_batch(self, paths: Sequence[str]) -> torch.Tensor:
-        """Normalised float (N, 3, S, S) centre crops."""
-        return _normalise(torch.stack([eval_view(img, self.input_size) for img in self.images(paths)]))
+        """uint8 (N, 3, S, S) centre crops."""
+        return torch.stack([eval_view(img, self.input_size) for img in self.images(paths)])
 
 
-def _normalise(x: torch.Tensor) -> torch.Tensor:
-    return (x.float().div_(255.0) - MEAN) / STD
+def normalise(x: torch.Tensor) -> torch.Tensor:
+    """ImageNet-normalised float (N, 3, S, S) from uint8 (on x's device: 4x less to copy to a GPU)."""
+    mean, std = MEAN.to(x.device), STD.to(x.device)
+    return (x.float().div_(255.0) - mean) / std
 
 
 @dataclass

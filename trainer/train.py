@@ -17,14 +17,14 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from trainer.data import ImageStore
+from trainer.data import ImageStore, normalise
 from trainer.distributed import Dist
 from trainer.plan import shard_indices
 
 
 @dataclass
 class Batch:
-    x: torch.Tensor  # (b + b * R, 3, S, S): targets first, then their sources
+    x: torch.Tensor  # (b + b * R, 3, S, S) uint8: targets first, then their sources
     n_target: int
     y_target: torch.Tensor  # (b,)
     y_source: torch.Tensor  # (b * R,)
@@ -67,7 +67,7 @@ class StepRunner:
     def step(self, batch: Batch) -> torch.Tensor:
         """One optimizer step; returns the detached (loss, CE_target, CE_source) (3,)."""
         dev = self.device
-        x = batch.x.to(dev, non_blocking=True)
+        x = normalise(batch.x.to(dev, non_blocking=True))
         with torch.autocast(dev.type, enabled=dev.type == "cuda"):
             logits_t, logits_s = self.net(x, batch.n_target)
             losses = joint_loss(
@@ -126,7 +126,7 @@ def predict(
     mine = shard_indices(len(paths), d.rank, d.world)  # (ceil(N / world),)
     out = []
     for lo in range(0, len(mine), batch_size):
-        x = store.eval_batch([paths[i] for i in mine[lo : lo + batch_size].tolist()]).to(device)
+        x = normalise(store.eval_batch([paths[i] for i in mine[lo : lo + batch_size].tolist()]).to(device))
         with torch.autocast(device.type, enabled=device.type == "cuda"):
             logits = model.target_head(model.backbone(x))
         out.append(logits.float().softmax(dim=1))

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 
 import httpx
 
 from services.client import RetrievalClient, ServiceUnavailableError
-from trainer.jobs import Reporter
+from services.schemas import JobCreate, JobEvent
+from tests.conftest import free_port
+from tests.retrieval.live_server import live_server
+from trainer.jobs import OUTBOX, Reporter
 
 
 def recording_client(status: int = 200) -> tuple[RetrievalClient, list[dict]]:
@@ -44,3 +48,24 @@ def test_failed_reporting_never_raises_and_skips_a_gone_service():
     assert len(posted) == 1
     Reporter(client, "j1").failed(ServiceUnavailableError(503, "service_unavailable", "gone"))
     assert len(posted) == 1  # no retries against a service that is already known to be gone
+
+
+def test_round_event_kept_through_an_outage_and_resent_at_next_contact(index_dir, redis_url, tmp_path):
+    """A real service (jobs in Redis) goes down between rounds: the round event waits in the outbox and the
+    next contact (here a resumed process's first event) delivers it, so the job shows every round."""
+    port = free_port()
+    url, env = f"http://127.0.0.1:{port}", {"SJFT_REDIS_PREFIX": f"sjft-outbox-{os.getpid()}"}
+    with live_server(index_dir, tmp_path / "a.log", redis_url=redis_url, env=env, port=port):
+        client = RetrievalClient(url, retries=0)
+        job_id = client.create_job(JobCreate(name="outbox", target="t", config={})).job_id
+        assert Reporter(client, job_id, tmp_path).event(JobEvent(type="round", round=0), keep=True)
+    down = Reporter(client, job_id, tmp_path)
+    assert not down.event(JobEvent(type="round", round=1), keep=True)  # kept, not raised
+    assert len((tmp_path / OUTBOX).read_text().splitlines()) == 1
+    with live_server(index_dir, tmp_path / "b.log", redis_url=redis_url, env=env, port=port):
+        with RetrievalClient(url) as back:
+            resumed = Reporter(back, job_id, tmp_path)  # reads the outbox file
+            assert resumed.event(JobEvent(type="round", round=2), keep=True)
+            assert back.get_job(job_id).rounds == 3
+    assert not (tmp_path / OUTBOX).read_text().strip()
+    client.close()
