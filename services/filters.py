@@ -1,8 +1,9 @@
 """Filter banks: image batches -> per-layer filter responses (torch, CPU or CUDA).
 
 ``GaborBank`` convolves the luminance with the spec's Gabor kernels by FFT ('same' size, mirror padding: see
-``GaborParams``); ``ConvBank`` runs the first (and second) conv layer of a torchvision CNN from a local state
-dict and returns pre-activation responses. Both take uint8 (N, S, S, 3) / (N, 3, S, S) or float in [0, 1].
+``GaborParams``); ``ConvBank`` runs the first (and second) conv layer of a torchvision or timm CNN from a
+local state dict and returns pre-activation responses. Both take uint8 (N, S, S, 3) / (N, 3, S, S) or float
+in [0, 1].
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from torch import nn
 from services.errors import WeightsError
 from services.fileio import file_sha256
 from services.spec import ConvParams, DescriptorSpec, GaborParams, layer_weights
-from services.weights import IMAGENET_MEAN, IMAGENET_STD, load_state_dict
+from services.weights import IMAGENET_MEAN, IMAGENET_STD, load_state_dict, load_weights
 
 
 def gabor_kernels(params: GaborParams) -> list[torch.Tensor]:
@@ -280,7 +281,12 @@ class GaborBank(FilterBank):
         return values.permute(0, 1, 4, 2, 3)
 
 
-_BETWEEN_TYPES = (nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d, nn.LocalResponseNorm, nn.Dropout)
+# What may sit between conv1 and conv2 for the stem to be run module by module exactly as the network does
+# (timm's BatchNormAct2d is a BatchNorm2d that applies its activation itself).
+_BETWEEN_TYPES = (
+    nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.SiLU, nn.Hardswish, nn.Identity, nn.MaxPool2d, nn.LocalResponseNorm,
+    nn.Dropout,
+)
 
 
 class ConvBank(FilterBank):
@@ -311,30 +317,49 @@ class ConvBank(FilterBank):
             yield 1, torch.arange(second.shape[1], device=second.device).view(1, -1, 1, 1), second
 
 
-def conv_stem(arch: str, layers: int, state_dict: dict[str, Any]) -> ConvBank:
-    """The first ``layers`` conv layers of torchvision's ``arch`` with the weights of ``state_dict``."""
-    import torchvision
+def stem_units(model: nn.Module) -> list[nn.Module]:
+    """The model's modules in registration order, leaves only, except that a BatchNorm2d counts as one unit
+    with whatever it holds (timm's BatchNormAct2d runs its own activation)."""
+    units: list[nn.Module] = []
+    inside: str | None = None
+    for name, m in model.named_modules():
+        if inside is not None and name.startswith(inside):
+            continue
+        if isinstance(m, nn.BatchNorm2d):
+            units.append(m)
+            inside = f"{name}."
+        elif not list(m.children()):
+            units.append(m)
+    return units
 
-    if not hasattr(torchvision.models, arch):
-        raise WeightsError(f"torchvision has no model {arch!r}")
+
+def conv_stem(arch: str, layers: int, state_dict: dict[str, Any]) -> ConvBank:
+    """The first ``layers`` conv layers of ``arch`` (a torchvision or timm name, ``services.backbones``) with
+    the weights of ``state_dict`` (the whole network's, loaded strictly).
+
+    With a BatchNorm network, layer 1 is conv1's output before its BN: the per-filter quantile bin edges make
+    the histograms the same as after the BN's per-channel affine map, so ``conv_stem + bn1`` costs nothing
+    more. Layer 2 runs conv2 on what the network feeds it (BN, activation, pooling)."""
+    from services.backbones import create_model
+
     with torch.device("meta"):  # no random init: every tensor comes from the file
-        model = getattr(torchvision.models, arch)(weights=None)
+        model = create_model(arch)
     try:
         model.load_state_dict(state_dict, strict=True, assign=True)
     except RuntimeError as exc:
-        raise WeightsError(f"weights file does not match torchvision {arch}: {str(exc)[:500]}") from exc
-    leaves = [m for _, m in model.named_modules() if not list(m.children())]
-    convs = [i for i, m in enumerate(leaves) if isinstance(m, nn.Conv2d)]
-    conv1 = leaves[convs[0]]
+        raise WeightsError(f"weights file does not match {arch}: {str(exc)[:500]}") from exc
+    units = stem_units(model)
+    convs = [i for i, m in enumerate(units) if isinstance(m, nn.Conv2d)]
+    conv1 = units[convs[0]]
     if layers == 1:
         return ConvBank(conv1, None, None, IMAGENET_MEAN, IMAGENET_STD)
-    between = leaves[convs[0] + 1 : convs[1]]
+    between = units[convs[0] + 1 : convs[1]]
     if not all(isinstance(m, _BETWEEN_TYPES) for m in between):
         raise WeightsError(f"{arch}: unexpected modules between conv1 and conv2: {between}")
     for m in between:
-        if isinstance(m, nn.ReLU):
+        if hasattr(m, "inplace"):
             m.inplace = False  # conv1's pre-activation output is returned too: never overwrite it
-    return ConvBank(conv1, nn.Sequential(*between), leaves[convs[1]], IMAGENET_MEAN, IMAGENET_STD)
+    return ConvBank(conv1, nn.Sequential(*between), units[convs[1]], IMAGENET_MEAN, IMAGENET_STD)
 
 
 def build_bank(
@@ -366,17 +391,19 @@ def build_bank(
 def conv_spec(
     weights_path: str | Path, arch: str = "alexnet", layers: int = 1, size: int = 224, bins: int = 16
 ) -> DescriptorSpec:
-    """A conv spec from a local weights file: records its sha256 and the filter counts of the used layers."""
-    params = (
-        ConvParams(arch=arch, layers=layers, weights_sha256=file_sha256(weights_path))
-        if Path(weights_path).is_file()
-        else None
-    )
-    if params is None:
+    """A conv spec from a local weights file: records its sha256, the filter counts of the used layers and the
+    input normalisation (the file's record, else the architecture's: ``services.backbones.normalization``)."""
+    from services.backbones import normalization
+
+    if not Path(weights_path).is_file():
         raise WeightsError(
             f"conv weights file not found: {weights_path} (the conv bank never uses random filters)"
         )
-    stem = conv_stem(arch, layers, load_state_dict(weights_path))
+    state, recorded = load_weights(weights_path)
+    stem = conv_stem(arch, layers, state)
+    norm = normalization(arch, recorded)
+    params = ConvParams(arch=arch, layers=layers, weights_sha256=file_sha256(weights_path), mean=norm.mean,
+                        std=norm.std)
     sizes = stem.layer_sizes
     return DescriptorSpec(
         bank="conv", size=size, bins=bins, conv=params, layer_sizes=sizes, weights=layer_weights(sizes)

@@ -20,9 +20,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from services.fileio import atomic_write
 from services.weights import IMAGENET_MEAN, IMAGENET_STD
 
-# Conv architectures whose stem is a plain chain of leaf modules (conv -> [bn] -> relu -> [pool] -> conv), so
-# the first two conv layers can be run exactly as in the network without torchvision's forward().
-CONV_ARCH_PREFIXES = ("alexnet", "vgg", "resnet", "resnext", "wide_resnet")
+# Conv architectures (torchvision or timm names, services/backbones.py) whose stem is a plain chain of modules
+# (conv -> [bn] -> activation -> [pool] -> conv), so the first two conv layers can be run exactly as in the
+# network without its forward().
+CONV_ARCH_PREFIXES = (
+    "alexnet", "vgg", "resnet", "resnext", "wide_resnet", "efficientnet", "tf_efficientnet", "mobilenet",
+    "mnasnet", "timm/resnet", "timm/efficientnet", "timm/tf_efficientnet",
+)
 
 
 

@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             from trainer.ablate import main as ablate_main
 
-            return ablate_main(args, cfg)
+            return ablate_main(args, cfg, argv)
     except ClientError as exc:
         print(
             f"error: the retrieval service failed: {exc.message if exc.status == 503 else exc}",

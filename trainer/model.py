@@ -1,14 +1,23 @@
-"""One torchvision backbone, two linear heads: target classes and the source classes in use (re-indexed)."""
+"""One backbone (torchvision or timm), two linear heads: target classes and the source classes in use
+(re-indexed).
+
+Architectures are named as ``services.backbones`` says (torchvision names first, then timm; ``timm/NAME``
+forces timm). ``JointModel.normalization`` is the (mean, std) the backbone's inputs must be normalised with:
+the weights file's record (``trainer convert-weights`` writes one), else the architecture's default.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
-import torchvision
 from torch import nn
 
+from services.backbones import Normalization, create_model, library_of, normalization
 from services.errors import WeightsError
+from services.weights import load_weights
+
+HEAD_INIT_STD = 0.01  # the paper: new layers drawn from N(0, 0.01^2), biases 0
 
 
 def _strip_classifier(net: nn.Module) -> int:
@@ -34,12 +43,11 @@ def _strip_classifier(net: nn.Module) -> int:
 
 
 def build_backbone(arch: str) -> tuple[nn.Module, int]:
-    """``torchvision.models.<arch>(weights=None)`` without its classifier; (module, feature width)."""
-    factory = getattr(torchvision.models, arch, None)
-    if factory is None or not callable(factory):
-        raise WeightsError(f"unknown torchvision architecture {arch!r}")
-    kwargs = {"aux_logits": False, "init_weights": True} if arch in ("inception_v3", "googlenet") else {}
-    net = factory(weights=None, **kwargs)
+    """``arch`` without its classifier, randomly initialised: (module mapping (N, 3, H, W) -> (N, F), F)."""
+    if library_of(arch)[0] == "timm":
+        net = create_model(arch, num_classes=0)  # timm's feature extractor: pooled (N, num_features)
+        return net, int(net.num_features)
+    net = create_model(arch)
     return net, _strip_classifier(net)
 
 
@@ -48,15 +56,12 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path) -> tuple[list[s
 
     Returns (missing, unexpected) keys; raises WeightsError when nothing matches or shapes disagree.
     """
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, ValueError) as exc:
-        raise WeightsError(f"cannot read weights {path}: {exc}") from exc
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+    return load_backbone_state(backbone, load_weights(path)[0], str(path))
+
+
+def load_backbone_state(backbone: nn.Module, state: dict, source: str) -> tuple[list[str], list[str]]:
+    """``load_backbone_weights`` for a state dict already read (``source`` names it in errors)."""
+    path = source
     own = backbone.state_dict()
     keep = {k: v for k, v in state.items() if k in own}
     bad = [k for k, v in keep.items() if v.shape != own[k].shape]
@@ -68,16 +73,30 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path) -> tuple[list[s
     return list(result.missing_keys), [k for k in state if k not in own]
 
 
+def new_head(width: int, n_classes: int) -> nn.Linear:
+    """A linear classifier initialised as the paper's new layers: weights N(0, 0.01^2), biases 0."""
+    head = nn.Linear(width, n_classes)
+    nn.init.normal_(head.weight, mean=0.0, std=HEAD_INIT_STD)
+    nn.init.zeros_(head.bias)
+    return head
+
+
 class JointModel(nn.Module):
-    """Backbone -> features (N, F) -> target logits (N, C_t) and source logits (N, C_s)."""
+    """Backbone -> features (N, F) -> target logits (N, C_t) and source logits (N, C_s).
+
+    ``normalization``: the (mean, std) its inputs in [0, 1] must be normalised with (see module docstring).
+    """
 
     def __init__(self, arch: str, n_target: int, n_source: int = 1, weights: str | None = None):
         super().__init__()
         self.backbone, width = build_backbone(arch)
+        recorded = None
         if weights:
-            load_backbone_weights(self.backbone, weights)
-        self.target_head = nn.Linear(width, n_target)
-        self.source_head = nn.Linear(width, max(1, n_source))
+            state, recorded = load_weights(weights)
+            load_backbone_state(self.backbone, state, weights)
+        self.normalization: Normalization = normalization(arch, recorded)
+        self.target_head = new_head(width, n_target)
+        self.source_head = new_head(width, max(1, n_source))
 
     def forward(self, x: torch.Tensor, n_target: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The first ``n_target`` rows of x are target images, the rest source images: both heads run inside
@@ -86,12 +105,12 @@ class JointModel(nn.Module):
         return self.target_head(features[:n_target]), self.source_head(features[n_target:])
 
     def resize_source_head(self, n_source: int) -> None:
-        """Grow the source head to ``n_source`` classes, keeping the rows already trained (new rows: fresh
-        init)."""
+        """Grow the source head to ``n_source`` classes, keeping the rows already trained (new rows: the
+        paper's N(0, 0.01^2) init)."""
         old = self.source_head
         if n_source <= old.out_features:
             return
-        new = nn.Linear(old.in_features, n_source).to(old.weight.device)
+        new = new_head(old.in_features, n_source).to(old.weight.device)
         with torch.no_grad():
             new.weight[: old.out_features] = old.weight
             new.bias[: old.out_features] = old.bias

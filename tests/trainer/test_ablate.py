@@ -1,19 +1,99 @@
-"""The ablation table's rows and statistics."""
+"""The ablation harness: its statistics against scipy, its rows and run order, and a tiny end-to-end ablation
+(2 seeds x 2 rows) against a live service, resumed without re-running finished cells."""
 
 from __future__ import annotations
 
+import json
+import math
+
 import pytest
+import scipy.stats
 
-from trainer.ablate import ROWS, markdown, summarise
+from trainer.ablate import ROWS, cell_config, cell_dir, parse_rows, parse_seeds
+from trainer.cli import main
+from trainer.config import ConfigError, RunConfig
+from trainer.stats import paired, summarise_row, t_half_width
+
+from .conftest import FAST_FLAGS
 
 
-def test_rows_cover_the_paper_settings_with_explicit_adaptivity():
-    assert [r for r, _ in ROWS] == ["none", "all", "random", "selective --no-adaptive", "selective"]
-    assert all("adaptive" in o for _, o in ROWS)  # a base --no-adaptive must not leak into the selective row
+@pytest.mark.parametrize("values", [[0.2, 0.4], [0.51, 0.55, 0.49], [0.1, 0.3, 0.2, 0.25, 0.6]])
+def test_t_interval_matches_scipy(values):
+    mean = sum(values) / len(values)
+    lo, hi = scipy.stats.t.interval(0.95, len(values) - 1, loc=mean, scale=scipy.stats.sem(values))
+    assert t_half_width(values) == pytest.approx((hi - lo) / 2, rel=1e-12)
+    row = summarise_row("x", values)
+    assert row.ci95_bounds == pytest.approx([lo, hi], rel=1e-12)
+    assert row.std == pytest.approx(scipy.stats.tstd(values))
 
 
-def test_summary_mean_and_sample_std():
-    rows = summarise({"none": [0.2, 0.4], "selective": [0.5]})
-    assert rows[0]["mean"] == pytest.approx(0.3) and rows[0]["std"] == pytest.approx(0.1414213562)
-    assert rows[1]["std"] == 0.0
-    assert "| none | 30.00 ± 14.14 |" in markdown(rows, 2)
+def test_three_seeds_use_t_not_the_normal_quantile():
+    assert t_half_width([0.0, 1.0, 2.0]) == pytest.approx(4.302652729749464 * 1.0 / math.sqrt(3))
+    single = summarise_row("x", [0.4])
+    assert single.std == 0.0 and single.ci95 is None and single.ci95_bounds is None
+
+
+def test_paired_differences_are_per_seed():
+    p = paired("selective", "random", {0: 0.6, 1: 0.7, 2: 0.5}, {0: 0.5, 1: 0.65, 3: 0.1})
+    assert p.seeds == [0, 1] and p.diffs == pytest.approx([0.1, 0.05]) and p.mean == pytest.approx(0.075)
+    lo, hi = scipy.stats.t.interval(0.95, 1, loc=0.075, scale=scipy.stats.sem([0.1, 0.05]))
+    assert p.ci95_bounds == pytest.approx([lo, hi])
+    assert paired("a", "b", {0: 1.0}, {1: 1.0}) is None
+
+
+def test_seeds_and_rows_parsing():
+    assert parse_seeds("3", first=5) == [5, 6, 7]
+    assert parse_seeds("0,2,4") == [0, 2, 4]
+    for bad in ("0", "a,b", "1,1"):
+        with pytest.raises(ConfigError, match="--seeds"):
+            parse_seeds(bad)
+    assert parse_rows("selective, probe") == ["selective", "probe"]
+    with pytest.raises(ConfigError, match="unknown row"):
+        parse_rows("selective,best")
+
+
+def test_cells_override_the_base_and_random_matches_the_selective_pool(tmp_path):
+    base = RunConfig(str(tmp_path), "http://x", str(tmp_path / "abl"), adaptive=False, train_layers="head")
+    rows = list(ROWS)
+    random = cell_config(base, "random", 4, rows)
+    assert random.match_pool == str(cell_dir(base.out, "selective", 4)) and random.seed == 4
+    assert random.out == str(tmp_path / "abl" / "random" / "seed4")
+    assert cell_config(base, "selective", 4, rows).adaptive is True  # a base --no-adaptive does not leak
+    assert cell_config(base, "none", 4, rows).train_layers == "all"
+    probe = cell_config(base, "probe", 4, rows)
+    assert (probe.source_mode, probe.train_layers) == ("none", "head")
+    assert cell_config(base, "random", 4, ["random", "none"]).match_pool is None
+
+
+@pytest.mark.timeout(400)
+def test_tiny_ablation_end_to_end_and_resume(service, small_target, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "abl"
+    argv = ["ablate", "--target", str(small_target), "--service", service, "--out", str(out),
+            "--cache-dir", str(tmp_path / "cache"), *FAST_FLAGS, "--rounds", "1", "--steps-per-round", "4",
+            "--seeds", "0,1", "--rows", "random,selective"]
+    assert main(argv) == 0
+    result = json.loads((out / "ablation.json").read_text())
+    assert [r["row"] for r in result["rows"]] == ["random", "selective"]
+    by_row = {r["row"]: r for r in result["rows"]}
+    assert all(len(r["runs"]) == 2 and r["ci95"] is not None for r in result["rows"])
+    (diff,) = result["paired"]  # no `none` row: only selective - random
+    assert (diff["a"], diff["b"], diff["seeds"]) == ("selective", "random", [0, 1])
+    expected = [s - r for s, r in zip(by_row["selective"]["runs"], by_row["random"]["runs"], strict=True)]
+    assert diff["diffs"] == pytest.approx(expected)
+    assert set(result["wall_s"]) == {"random", "selective"} and "--rows random,selective" in result["command"]
+    # Each seed ran selective first; random drew as many sources as selective's run of the same seed used.
+    for seed in (0, 1):
+        cells = {c["row"]: c for c in result["cells"] if c["seed"] == seed}
+        assert cells["random"]["sources_in_use"] == cells["selective"]["sources_in_use"] > 0
+        assert cells["random"]["steps"] == cells["selective"]["steps"]
+    assert (out / "ablation.png").stat().st_size > 1000
+    assert "| selective - random |" in (out / "ablation.md").read_text()
+
+    # Finished cells are never trained again: the second call only re-reads them.
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished cell was run again")
+
+    monkeypatch.setattr("trainer.run.run", refuse)
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert json.loads((out / "ablation.json").read_text())["rows"] == result["rows"]
