@@ -28,6 +28,7 @@ from retrieval_service.build.workers import (
     worker_extractor,
 )
 from retrieval_service.index.corpus import SourceRecord
+from services import binning
 from services.extract import DescriptorExtractor, fit_edges
 from services.images import load_image
 from services.spec import DescriptorSpec, gabor_spec
@@ -72,9 +73,14 @@ def _timed(results) -> tuple[np.ndarray, float, float]:
     return np.concatenate(parts), end - t0, end - first
 
 
-def per_core_cost(root: Path, records, spec: DescriptorSpec, batches) -> float:
+def per_core_cost(root: Path, records, spec: DescriptorSpec, batches, compiled: bool) -> float:
     """CPU-ms per image of one worker's unit of work (decode + extract, one thread) run in this process:
-    children's CPU time is not reliably visible from here, and this is what each worker spends."""
+    children's CPU time is not reliably visible from here, and this is what each worker spends.
+    ``compiled``: bin with the numba kernel (``services/binning.py``), else with the numpy path it replaced.
+    """
+    import services.extract
+
+    services.extract.COMPILED = compiled and binning.COMPILED
     torch.set_num_threads(1)
     extractor = worker_extractor(ExtractionSetup.of(spec, "cpu", None))
     images = PositionedImages(root, records, spec.size, range(len(records)))
@@ -82,7 +88,9 @@ def per_core_cost(root: Path, records, spec: DescriptorSpec, batches) -> float:
     cpu = time.process_time()
     for positions in batches:
         describe_batch(extractor, images, positions)
-    return (time.process_time() - cpu) / len(records) * 1e3
+    cost = (time.process_time() - cpu) / len(records) * 1e3
+    services.extract.COMPILED = binning.COMPILED
+    return cost
 
 
 def js_max(p: np.ndarray, q: np.ndarray) -> float:
@@ -123,12 +131,14 @@ def compare_build_paths(data: Path, reference: Path, n: int, processes: int, sav
             f"end (spawn included), {rate:.1f} steady = x{rate / rate_before:.2f}; identical to before: "
             f"{np.array_equal(after, before)}"
         )
-    cost = per_core_cost(root, records, spec, batches)
     cores = max(processes, 1)
-    print(
-        f"one worker's cost: {cost:.2f} CPU-ms/img (decode + extract, 1 thread): at most "
-        f"{1e3 / cost:.0f} img/s per idle core, {cores * 1e3 / cost:.0f} img/s on {cores}"
-    )
+    for compiled in (False, True):
+        cost = per_core_cost(root, records, spec, batches, compiled)
+        print(
+            f"one worker's cost, {'compiled' if compiled else 'numpy'} binning: {cost:.2f} CPU-ms/img "
+            f"(decode + extract, 1 thread): at most {1e3 / cost:.0f} img/s per idle core, "
+            f"{cores * 1e3 / cost:.0f} img/s on {cores}"
+        )
     with np.load(reference) as stored:
         k = min(len(stored["hists"]), n)
         js = js_max(after[:k], stored["hists"][:k])

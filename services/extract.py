@@ -24,6 +24,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from services.binning import COMPILED, count_at_least_compiled
 from services.errors import DescriptorError
 from services.filters import FilterBank, build_bank, conv_spec
 from services.images import DEFAULT_MAX_PIXELS, ImageSource, load_image
@@ -91,6 +92,14 @@ def shrink_thresholds(edges: np.ndarray, zero_below: float) -> np.ndarray:
 
 
 def count_at_least(values: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """#(values[i, f] >= thresholds[f, j]) -> int64 (n, d, T): the compiled kernel (``services/binning.py``)
+    when numba is installed, else ``count_at_least_numpy``; the counts are the same either way."""
+    if COMPILED and values.dtype == np.float32:
+        return count_at_least_compiled(values, thresholds)
+    return count_at_least_numpy(values, thresholds)
+
+
+def count_at_least_numpy(values: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     """values float32 (n, d, M) or grouped (n, G, K, H, W) with d = G * K filters in order, any strides;
     thresholds float32 (d, T) -> int64 (n, d, T): #(values[i, f] >= t[f, j]).
 
