@@ -1,7 +1,7 @@
 """One process per core: each worker decodes AND histograms whole batches on one torch thread.
 
-Why processes: the CPU binning (numpy compares and counts) holds the GIL, so extractor threads in one
-process overlap FFTs with binning but cannot scale binning itself; separate processes scale both, and
+Why processes: Python-level work (decoding glue, numpy's binning when numba is absent) holds the GIL, so
+extractor threads in one process contend for it; separate processes scale everything, and
 decoding runs next to the extraction it feeds instead of in another process that ships pixels over
 shared memory. Only metadata and (n_ok, D, B) histograms come back to the driver (~3 KB per image).
 """
