@@ -81,7 +81,9 @@ def run_trainer(cmd: list[str], timeout: float = 120) -> subprocess.CompletedPro
 
 def start_trainer(cmd: list[str], stderr_path: Path) -> subprocess.Popen:
     err = open(stderr_path, "w")  # noqa: SIM115 - closed with the process by the caller's wait
-    return subprocess.Popen(cmd, cwd=REPO, env=TRAINER_ENV, stdout=subprocess.PIPE, stderr=err, text=True)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=TRAINER_ENV, stdout=subprocess.PIPE, stderr=err, text=True)
+    proc.stderr_path = stderr_path  # for wait_for_line's failure message
+    return proc
 
 
 def wait_for_line(proc: subprocess.Popen, prefix: str) -> list[str]:
@@ -92,6 +94,7 @@ def wait_for_line(proc: subprocess.Popen, prefix: str) -> list[str]:
         lines.append(line)
         if line.startswith(prefix):
             return lines
-    raise AssertionError(
-        f"trainer ended (rc={proc.wait()}) before printing {prefix!r}:\n{''.join(lines)[-3000:]}"
-    )
+    rc = proc.wait()
+    err = Path(proc.stderr_path).read_text()[-3000:] if hasattr(proc, "stderr_path") else ""
+    out = "".join(lines)[-3000:]
+    raise AssertionError(f"trainer ended (rc={rc}) before printing {prefix!r}:\n{out}\n{err}")
