@@ -39,8 +39,11 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sigma1", type=float, default=d.sigma1)
     p.add_argument("--delta", type=float, default=None, help="entropy threshold (default 0.5 * log C_target)")
     p.add_argument("--no-adaptive", dest="adaptive", action="store_false", help="keep K_i = K0")
-    p.add_argument("--arch", default=d.arch, help="any torchvision classification model name")
-    p.add_argument("--weights", default=None, help="backbone state dict file (classifier keys ignored)")
+    p.add_argument("--arch", default=d.arch,
+                   help="a torchvision classification model name, else a timm one (timm/NAME forces timm)")
+    p.add_argument("--weights", default=None,
+                   help="local state dict file (classifier keys ignored; its recorded normalisation is used: "
+                        "see convert-weights)")
     _budget_flags(p, d)
     _optim_flags(p, d)
     _source_flags(p, d)
