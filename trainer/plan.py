@@ -67,15 +67,14 @@ def cycle_own_lists(
     gen = seeded(seed, rnd, SOURCE_CYCLE)
     cycles = [[lst[p] for p in torch.randperm(len(lst), generator=gen).tolist()] for lst in lists]
     cursor = [0] * len(lists)
-    out = torch.empty(len(order), ratio, dtype=torch.long)
-    for j, t in enumerate(order.tolist()):
+    out: list[int] = []
+    for t in order.tolist():
         cyc = cycles[t]
         if not cyc:
             raise RuntimeError(f"target image {t} has no source neighbors: is the index empty?")
-        for q in range(ratio):
-            out[j, q] = cyc[cursor[t] % len(cyc)]
-            cursor[t] += 1
-    return out
+        out.extend(cyc[(cursor[t] + q) % len(cyc)] for q in range(ratio))
+        cursor[t] += ratio
+    return torch.tensor(out, dtype=torch.long).view(len(order), ratio)
 
 
 def cycle_shared_pool(count: int, pool: Sequence[int], ratio: int, seed: int, rnd: int) -> torch.Tensor:
