@@ -50,6 +50,14 @@ def release_free_memory() -> bool:
     return True
 
 
+def _usable_cores() -> int:
+    """Cores this process may run on (a container's CPU set, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 class DecodeGate:
     """At most ``slots`` decodes and ``budget_bytes`` of estimated decode memory at once; thread-safe."""
 
@@ -66,7 +74,7 @@ class DecodeGate:
 
     @classmethod
     def from_settings(cls, settings) -> DecodeGate:
-        slots = settings.decode_slots or os.cpu_count() or 1
+        slots = settings.decode_slots or _usable_cores()
         return cls(
             slots, settings.decode_memory_mb << 20, settings.max_waiting_decodes, settings.decode_wait_s
         )

@@ -59,8 +59,10 @@ def _records(manifest: Manifest, size: int) -> Iterator[SourceRecord]:
 
 
 def _created_ns(info: dict) -> int | None:
+    """End of the build in ns, rounded UP: ``created`` is truncated to the second, and a file written in
+    the build's last second must not count as modified after it."""
     try:
-        return int(datetime.fromisoformat(info["created"]).timestamp() * 1e9)
+        return int(datetime.fromisoformat(info["created"]).timestamp() + 1) * 10**9
     except (KeyError, TypeError, ValueError):
         return None
 
