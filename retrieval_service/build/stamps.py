@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from retrieval_service.build.shards import shard_path
-from retrieval_service.index.corpus import SourceRecord, UnsafeSourcePath, _safe_join
+from retrieval_service.index.corpus import SourceRecord, UnsafeSourcePath, source_file
 from services.fileio import atomic_writer
 
 log = logging.getLogger("retrieval_service.build.builder")
@@ -34,7 +34,7 @@ def file_stamps(root: Path, records: Sequence[SourceRecord]) -> np.ndarray:
         stamp = seen.get(record.path)
         if stamp is None:
             try:
-                st = _safe_join(Path(root), record.path).stat()
+                st = source_file(root, record).stat()  # a followed symlink: its recorded target
                 stamp = (st.st_size, st.st_mtime_ns)
             except (OSError, UnsafeSourcePath):
                 stamp = (-1, -1)
