@@ -90,7 +90,8 @@ def build_index(
 
     ``ray``: extract the shards as Ray tasks (``ray_runner.py``: "local", "auto" or a cluster address)
     instead of ``workers`` local processes; the index is the same byte for byte, and either kind of
-    build resumes the other's finished shards.
+    build resumes the other's finished shards. On CPU, ``workers`` > 0 spawns that many processes: a
+    script calling this needs the usual ``if __name__ == "__main__":`` guard.
     """
 
     started = time.perf_counter()
