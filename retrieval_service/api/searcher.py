@@ -15,10 +15,10 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from retrieval_service.api.errors import Overloaded
+from retrieval_service.api.errors import LimitExceeded, Overloaded
 from retrieval_service.api.metrics import ServiceMetrics
 from retrieval_service.api.queries import Resolved
-from retrieval_service.search.capping import capped_windows
+from retrieval_service.search.capping import CapTooTight, capped_windows
 from retrieval_service.shared_state.cache import ResultCache, exclusions_digest
 
 
@@ -94,12 +94,15 @@ class Searcher:
         exclude_ids = sorted(set(int(i) for i in exclude))
         eligible = self.engine.size - sum(1 for i in exclude_ids if i < self.engine.size)
         batch = np.stack([q.descriptor for q in queries])  # (n, D, B)
-        results = capped_windows(
-            lambda depth: self._run(batch, depth, 0, metric, exact, exclude_ids),
-            [(q.k, q.offset) for q in queries],
-            cap,
-            eligible,
-        )
+        try:
+            results = capped_windows(
+                lambda depth: self._run(batch, depth, 0, metric, exact, exclude_ids),
+                [(q.k, q.offset) for q in queries],
+                cap,
+                eligible,
+            )
+        except CapTooTight as exc:
+            raise LimitExceeded(str(exc), {"max_per_source": cap, "queries": len(queries)}) from exc
         self.cache.set_many([(key, *r) for key, r in zip(keys, results, strict=True)])
         return results, False
 

@@ -7,7 +7,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from retrieval_service.search.capping import capped_windows
+from retrieval_service.search.capping import CapTooTight, capped_windows
 from retrieval_service.search.engine import SearchEngine
 
 
@@ -83,13 +83,23 @@ def test_without_contention_the_cap_changes_nothing(engine):
         assert [r[1].tolist() for r in results] == ids.tolist()
 
 
-def test_capacity_runs_out_pads_short(engine):
+def test_more_places_than_sources_times_cap_is_refused(engine):
     small = SearchEngine.build(engine.histograms(range(6)), np.full(4, 0.25), kind="flat")
     q = np.repeat(small.histograms([0]), 3, axis=0)
-    results, _ = _capped(small, q, [(4, 0)] * 3, cap=1)
-    assert [len(ids) for _, ids in results] == [2, 2, 2]  # 6 sources, one per query per step
+    results, _ = _capped(small, q, [(2, 0)] * 3, cap=1)  # 6 places, 6 sources: exactly enough
+    assert sorted(int(i) for _, ids in results for i in ids) == list(range(6))
+    with pytest.raises(CapTooTight, match="6 eligible sources fill at most 6 places"):
+        _capped(small, q, [(3, 0)] * 3, cap=1)
 
 
 def test_cap_must_be_positive(engine):
     with pytest.raises(ValueError):
         _capped(engine, engine.histograms([0]), [(1, 0)], cap=0)
+
+
+def test_a_cap_needing_too_deep_lists_is_refused_before_fetching(engine):
+    q = np.repeat(engine.histograms([5]), 6, axis=0)
+    fetch, calls = _fetch(engine, q)
+    with pytest.raises(CapTooTight, match="max_per_source=1"):
+        capped_windows(fetch, [(10, 0)] * 6, 1, engine.size, max_pairs=6 * 40 - 1)
+    assert calls == [20], "the first fetch fits; the doubled one would not and is never made"
