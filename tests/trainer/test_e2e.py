@@ -58,19 +58,34 @@ def test_two_rounds_write_metrics_curves_and_report_the_job(reference: Path, ser
     assert len(jobs) == 1 and jobs[0].status == "finished" and jobs[0].rounds == 2
 
 
-def test_resume_after_kill_9_ends_with_identical_metrics(reference, service, small_target, tmp_path: Path):
-    cmd = trainer_cmd(small_target, service, tmp_path / "run", tmp_path / "cache")
-    proc = start_trainer(cmd, tmp_path / "stderr.txt")
+def kill_after_round_0_and_resume(cmd: list[str], out: Path, stderr: Path) -> subprocess.CompletedProcess:
+    proc = start_trainer(cmd, stderr)
     wait_for_line(proc, "round=0 ")
     # The checkpoint follows the printed line; kill as soon as it is in place, during round 1's work.
-    while not (tmp_path / "run" / "checkpoint.pt").exists() and proc.poll() is None:
+    while not (out / "checkpoint.pt").exists() and proc.poll() is None:
         os.sched_yield()
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done = run_trainer(cmd + ["--resume"])
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resuming after round 0" in done.stdout
+    return done
+
+
+def test_resume_after_kill_9_ends_with_identical_metrics(reference, service, small_target, tmp_path: Path):
+    cmd = trainer_cmd(small_target, service, tmp_path / "run", tmp_path / "cache")
+    kill_after_round_0_and_resume(cmd, tmp_path / "run", tmp_path / "stderr.txt")
     assert metrics(tmp_path / "run") == metrics(reference)
+
+
+def test_all_mode_resumes_its_corpus_stream_exactly(service, small_target, tmp_path: Path):
+    """The most stateful mode: the resumed run continues the corpus stream where the checkpoint left it."""
+    ref = trainer_cmd(small_target, service, tmp_path / "ref", tmp_path / "cache", "--source-mode", "all")
+    assert run_trainer(ref).returncode == 0
+    cmd = trainer_cmd(small_target, service, tmp_path / "run", tmp_path / "cache", "--source-mode", "all")
+    kill_after_round_0_and_resume(cmd, tmp_path / "run", tmp_path / "stderr.txt")
+    assert metrics(tmp_path / "run") == metrics(tmp_path / "ref")
+    assert all(r["sources_trained"] == r["sources_in_use"] > 0 for r in metrics(tmp_path / "run"))
 
 
 def test_service_restart_mid_run_is_survived(reference, index_dir, small_target, redis_url, tmp_path: Path):
