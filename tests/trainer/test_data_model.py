@@ -62,6 +62,13 @@ def test_bad_targets_raise_and_the_cli_exits_2(tmp_path: Path, target: Path, dam
         (["--k0", "9", "--k-max", "3"], "--k-max"),
         (["--source-mode", "some"], "--source-mode"),
         (["--service", "localhost:8000"], "--service"),
+        (["--source-ratio", "0"], "--source-ratio"),
+        (["--lr-milestones", "0.5,2"], "--lr-milestones"),
+        (["--crop-scale", "0"], "--crop-scale"),
+        (["--match-pool", "."], "--match-pool needs --source-mode random"),
+        (["--source-mode", "random", "--match-pool", "/nonexistent"], "--match-pool"),
+        (["--train-layers", "some"], "--train-layers"),
+        (["--max-per-source", "0"], "--max-per-source"),
     ],
 )
 def test_bad_flags_exit_2_with_one_line(tmp_path: Path, target: Path, argv, message, capsys):
