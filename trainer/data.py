@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from services.backbones import Normalization
 from services.errors import ImageDecodeError
 from trainer.augment import eval_view, resize_size, train_view
 from trainer.config import ConfigError
@@ -116,10 +117,12 @@ class ImageStore:
         return torch.stack([eval_view(img, self.input_size) for img in self.images(paths)])
 
 
-def normalise(x: torch.Tensor) -> torch.Tensor:
-    """ImageNet-normalised float (N, 3, S, S) from uint8 (on x's device: 4x less to copy to a GPU)."""
-    mean, std = MEAN.to(x.device), STD.to(x.device)
-    return (x.float().div_(255.0) - mean) / std
+def normalise(x: torch.Tensor, norm: Normalization | None = None) -> torch.Tensor:
+    """Float (N, 3, S, S) normalised with ``norm`` (the model's (mean, std); ImageNet's by default) from
+    uint8, on x's device (4x less to copy to a GPU than float)."""
+    mean = MEAN if norm is None else torch.tensor(norm.mean).view(1, 3, 1, 1)
+    std = STD if norm is None else torch.tensor(norm.std).view(1, 3, 1, 1)
+    return (x.float().div_(255.0) - mean.to(x.device)) / std.to(x.device)
 
 
 @dataclass

@@ -113,6 +113,7 @@ class Trainer(RunSetup):
             self.scaler,
             self.device,
             cfg.label_smoothing,
+            self.model.normalization,
         )
         return train_round(runner, make_batch, self.steps, before_step, d, f"round {rnd}", cfg.progress)
 

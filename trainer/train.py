@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from services.backbones import Normalization
 from trainer.data import ImageStore, normalise
 from trainer.distributed import Dist
 from trainer.plan import shard_indices
@@ -63,11 +64,12 @@ class StepRunner:
     scaler: torch.amp.GradScaler
     device: torch.device
     label_smoothing: float
+    normalization: Normalization | None = None  # the model's input (mean, std); None: ImageNet's
 
     def step(self, batch: Batch) -> torch.Tensor:
         """One optimizer step; returns the detached (loss, CE_target, CE_source) (3,)."""
         dev = self.device
-        x = normalise(batch.x.to(dev, non_blocking=True))
+        x = normalise(batch.x.to(dev, non_blocking=True), self.normalization)
         with torch.autocast(dev.type, enabled=dev.type == "cuda"):
             logits_t, logits_s = self.net(x, batch.n_target)
             losses = joint_loss(
@@ -126,7 +128,8 @@ def predict(
     mine = shard_indices(len(paths), d.rank, d.world)  # (ceil(N / world),)
     out = []
     for lo in range(0, len(mine), batch_size):
-        x = normalise(store.eval_batch([paths[i] for i in mine[lo : lo + batch_size].tolist()]).to(device))
+        x = store.eval_batch([paths[i] for i in mine[lo : lo + batch_size].tolist()])
+        x = normalise(x.to(device), getattr(model, "normalization", None))
         with torch.autocast(device.type, enabled=device.type == "cuda"):
             logits = model.target_head(model.backbone(x))
         out.append(logits.float().softmax(dim=1))

@@ -8,11 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from services.backbones import Normalization
 from trainer.cli import main
-from trainer.data import ImageStore, TargetError, load_target
+from trainer.data import ImageStore, TargetError, load_target, normalise
+from trainer.distributed import Dist
 from trainer.model import JointModel, load_backbone_weights
 from trainer.plan import Plan, cycle_own_lists, target_order, uniforms
-from trainer.train import Batch, StepRunner, accuracy, joint_loss
+from trainer.train import Batch, StepRunner, accuracy, joint_loss, predict
 
 from .helpers import make_target
 
@@ -154,3 +156,15 @@ def test_mean_class_accuracy_weighs_classes_equally():
     labels2 = torch.tensor([0, 0, 0, 1])
     probs2 = torch.tensor([[1.0, 0], [1.0, 0], [1.0, 0], [1.0, 0]])
     assert accuracy(probs2, labels2, 2) == (0.5, 0.75)
+
+
+def test_inputs_are_normalised_with_the_models_own_mean_and_std(target: Path):
+    x = torch.full((1, 3, 4, 4), 255, dtype=torch.uint8)
+    assert torch.allclose(normalise(x, Normalization((0.5,) * 3, (0.5,) * 3)), torch.ones(1, 3, 4, 4))
+    store = ImageStore(32)
+    paths = load_target(target, store).val_paths[:3]
+    torch.manual_seed(0)
+    model = JointModel("resnet18", 3, 1)
+    imagenet = predict(model, paths, store, torch.device("cpu"), 4, Dist())
+    model.normalization = Normalization((0.5,) * 3, (0.5,) * 3)  # e.g. EfficientNet-Lite0's weights record
+    assert not torch.allclose(predict(model, paths, store, torch.device("cpu"), 4, Dist()), imagenet)
