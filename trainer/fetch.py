@@ -12,7 +12,6 @@ per-query ``offset``/``k``.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import time
 from collections.abc import Callable, Sequence
@@ -23,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from services.client import RetrievalClient, ServiceUnavailableError
+from services.client import RetrievalClient, ServiceUnavailableError, encode_image
 from services.fileio import atomic_write
 from services.schemas import IndexInfo, Query
 from services.spec import DescriptorSpec
@@ -51,7 +50,7 @@ class QueryMaker:
 
     def query(self, i: int, k: int, offset: int) -> Query:
         if self.descriptors is None:
-            data = base64.b64encode(Path(self.paths[i]).read_bytes()).decode("ascii")
+            data = encode_image(Path(self.paths[i]).read_bytes())
             return Query(id=str(i), image_b64=data, k=k, offset=offset)
         return Query(
             id=str(i), descriptor=self.descriptors[i].tolist(), spec_hash=self.spec_hash, k=k, offset=offset

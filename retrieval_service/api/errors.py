@@ -50,10 +50,6 @@ class APIError(SJFTError):
             self.code = code  # a more specific code than the class's, e.g. invalid_base64
 
 
-class Unauthorized(APIError):
-    status, code = 401, "unauthorized"
-
-
 class NotFound(APIError):
     status, code = 404, "not_found"
 
@@ -80,10 +76,6 @@ class LimitExceeded(APIError):
 
 class InvalidRequest(APIError):
     status, code = 422, "invalid_request"
-
-
-class RateLimited(APIError):
-    status, code = 429, "rate_limited"
 
 
 class Overloaded(APIError):

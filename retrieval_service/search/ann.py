@@ -4,8 +4,10 @@ z = concat_h sqrt(w_h * phi_h) (``services.divergence.hellinger_embedding``); sq
 squared Hellinger distance, which orders neighbors almost as JS and SKL do, and FAISS computes it with BLAS
 (CPU) or on a GPU. Kinds: ``flat`` = ``IndexFlatL2`` (exact L2, 4 bytes per dimension); ``ivf`` = an inverted
 file over ``nlist`` k-means cells, codec ``sq8`` (IVF + 8-bit scalar quantiser, 1 byte per dimension) or
-``flat`` (float32). The embedding lives in the FAISS file (written by ``save``): rebuilding it on load would
-mean re-assigning every vector to its cell, minutes at N = 1M, against a plain read.
+``flat`` (float32) or ``pq`` (a PCA to ``PCA_DIM`` dimensions with a random rotation, then IVF-PQ with
+``PQ_BYTES`` one-byte codes per vector: the large-corpus tier of ``tuning.py``). The embedding lives in the
+FAISS file (written by ``save``): rebuilding it on load would mean re-assigning every vector to its cell,
+minutes at N = 1M, against a plain read.
 """
 
 from __future__ import annotations
@@ -17,23 +19,42 @@ import threading
 import faiss
 import numpy as np
 
+from retrieval_service.search import tuning
 from services.divergence import hellinger_embedding
 
 log = logging.getLogger(__name__)
 
 GPU_MAX_K = 2048  # FAISS GPU k-selection limit; larger requests go to the CPU copy
-TRAIN_POINTS_PER_CELL = 40  # FAISS warns below 39; more costs k-means time linearly for little gain
-CODECS = ("sq8", "flat")
+CODECS = tuning.CODECS
+PCA_DIM = 128  # 94% of the embedding's variance on real gabor descriptors; assignment 6x cheaper than 768
+PQ_BYTES = 64  # 2 PCA dimensions per sub-quantiser
+PQ_TRAIN_PER_CENTROID = 40  # 10,240 points per 256-centroid sub-quantiser (FAISS: 256 -> 65,536) ...
+PQ_TRAIN_ITERATIONS = 10  # ... and 10 k-means rounds (FAISS: 25): PQ training 48 s -> ~5 s at 2 dims each
+PQ_MIN_TRAIN = 65536  # PCA and 256-centroid sub-quantisers want more points than 40 per cell at small nlist
 
 
-def default_nlist(n: int) -> int:
-    """~4 sqrt(N) cells, but never fewer than 39 training points per cell."""
-    return max(1, min(round(4 * math.sqrt(n)), n // TRAIN_POINTS_PER_CELL))
-
-
-def default_nprobe(nlist: int) -> int:
-    """Cells visited per query: 1/16 of them (at least 8); see bench/results/search.md for recall@100."""
-    return min(nlist, max(8, math.ceil(nlist / 16)))
+def _ivf(dim: int, nlist: int, codec: str) -> faiss.Index:
+    """An untrained IVF index of ``codec`` over ``dim``-dimensional embeddings (owns its quantiser)."""
+    d = min(PCA_DIM, dim) if codec == "pq" else dim
+    quantizer = faiss.IndexFlatL2(d)
+    if codec == "sq8":
+        ivf = faiss.IndexIVFScalarQuantizer(quantizer, d, nlist, faiss.ScalarQuantizer.QT_8bit)
+    elif codec == "pq":
+        ivf = faiss.IndexIVFPQ(quantizer, d, nlist, math.gcd(d, PQ_BYTES), 8)
+        ivf.pq.cp.max_points_per_centroid = PQ_TRAIN_PER_CENTROID
+        ivf.pq.cp.niter = PQ_TRAIN_ITERATIONS
+    else:
+        ivf = faiss.IndexIVFFlat(quantizer, d, nlist)
+    ivf.own_fields = True
+    quantizer.this.disown()  # the IVF index frees its quantizer
+    if codec != "pq":
+        return ivf
+    pca = faiss.PCAMatrix(dim, d, 0.0, True)  # random rotation: spreads the variance over the sub-quantisers
+    index = faiss.IndexPreTransform(pca, ivf)
+    index.own_fields = True
+    pca.this.disown()
+    ivf.this.disown()
+    return index
 
 
 def build_index(store, weights: np.ndarray, kind: str, nlist: int, codec: str, progress: bool,
@@ -44,16 +65,12 @@ def build_index(store, weights: np.ndarray, kind: str, nlist: int, codec: str, p
     if kind == "flat":
         index = faiss.IndexFlatL2(dim)
     else:
-        quantizer = faiss.IndexFlatL2(dim)
-        if codec == "sq8":
-            index = faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, faiss.ScalarQuantizer.QT_8bit)
-        else:
-            index = faiss.IndexIVFFlat(quantizer, dim, nlist)
-        index.own_fields = True
-        quantizer.this.disown()  # the IVF index frees its quantizer
-        n_train = min(n, TRAIN_POINTS_PER_CELL * nlist)
+        index = _ivf(dim, nlist, codec)
+        n_train = tuning.TRAIN_POINTS_PER_CELL * nlist
+        n_train = min(n, max(n_train, PQ_MIN_TRAIN) if codec == "pq" else n_train)
         sample = np.sort(np.random.default_rng(seed).choice(n, n_train, replace=False))
-        index.cp.max_points_per_centroid = math.ceil(n_train / nlist)  # no second subsampling inside FAISS
+        ivf = faiss.extract_index_ivf(index)
+        ivf.cp.max_points_per_centroid = math.ceil(n_train / nlist)  # no second subsampling inside FAISS
         index.train(hellinger_embedding(store[sample], weights))
     chunks = range(0, n, chunk)
     if progress:
@@ -74,17 +91,15 @@ class CandidateIndex:
 
     def __init__(self, index: faiss.Index, device: str | None = None):
         self.cpu = index
-        self.nlist = int(index.nlist) if isinstance(index, faiss.IndexIVF) else 0
+        ivf = faiss.try_extract_index_ivf(index)
+        self.nlist = int(ivf.nlist) if ivf is not None else 0
+        self._pretransform = isinstance(index, faiss.IndexPreTransform)
         self.gpu = None
         self._gpu_lock = threading.Lock()
         gpu_id = _gpu_id(device)
         if gpu_id is not None:
             self._resources = faiss.StandardGpuResources()
             self.gpu = faiss.index_cpu_to_gpu(self._resources, gpu_id, index)
-
-    @property
-    def on_gpu(self) -> bool:
-        return self.gpu is not None
 
     def search(self, z: np.ndarray, k: int, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
         """Squared L2 distances and ids (nq, k) of the k nearest embeddings; -1 ids where fewer were found."""
@@ -95,7 +110,12 @@ class CandidateIndex:
                     faiss.GpuParameterSpace().set_index_parameter(self.gpu, "nprobe", nprobe)
                 return self.gpu.search(z, k)
         if self.nlist:
-            return self.cpu.search(z, k, params=faiss.SearchParametersIVF(nprobe=min(nprobe, self.nlist)))
+            params = faiss.SearchParametersIVF(nprobe=min(nprobe, self.nlist))
+            if self._pretransform:  # the PCA passes its sub-index's parameters on
+                outer = faiss.SearchParametersPreTransform()
+                outer.index_params = params
+                return self.cpu.search(z, k, params=outer)
+            return self.cpu.search(z, k, params=params)
         return self.cpu.search(z, k)
 
 
