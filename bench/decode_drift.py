@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from services.divergence import pairwise  # noqa: E402
 from services.extract import DescriptorExtractor, fit_edges, make_spec  # noqa: E402
-from services.images import _open, _to_rgb, load_image  # noqa: E402
+from services.images import _to_rgb, load_image, open_image  # noqa: E402
 
 SIZE = 224
 SHAPES = [(500, 375), (1024, 768), (1600, 1200), (2048, 2048), (3000, 2000)]
@@ -38,7 +38,7 @@ def photo(w: int, h: int, seed: int) -> np.ndarray:
 
 
 def exact(data: bytes) -> np.ndarray:
-    img = _open(data, 40_000_000)
+    img = open_image(data, 40_000_000)
     img.load()
     img = _to_rgb(img)
     w, h = img.size

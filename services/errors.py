@@ -13,6 +13,16 @@ class ImageDecodeError(SJFTError):
     code = "invalid_image"
 
 
+class ImageTooLargeError(ImageDecodeError):
+    """An image whose header declares more pixels than the limit (refused before anything is decoded)."""
+
+    code = "image_too_large"
+
+    def __init__(self, message: str, width: int | None = None, height: int | None = None, limit: int = 0):
+        super().__init__(message)
+        self.details = {"width": width, "height": height, "limit": limit}
+
+
 class DescriptorError(SJFTError):
     """A descriptor of the wrong shape, with non-finite or negative values, or rows that do not sum to 1."""
 

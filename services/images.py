@@ -32,7 +32,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from services.errors import ImageDecodeError
+from services.errors import ImageDecodeError, ImageTooLargeError
 
 DEFAULT_MAX_PIXELS = 40_000_000
 # Reduce early only while the reduced square keeps >= 3x the target side: PIL's own guidance for reducing_gap
@@ -57,8 +57,9 @@ def _read_bytes(src: ImageSource) -> bytes:
     raise TypeError(f"expected bytes, a path or a binary file, got {type(src).__name__}")
 
 
-def _open(data: bytes, max_pixels: int) -> Image.Image:
-    """Open (header only) and check the pixel count; raises ImageDecodeError."""
+def open_image(data: bytes, max_pixels: int) -> Image.Image:
+    """Open (header only) and check the pixel count: the one place that does it (decoding, probing, the API's
+    413, thumbnails). ImageTooLargeError past ``max_pixels``, ImageDecodeError for anything unreadable."""
     if not data:
         raise ImageDecodeError("empty file: no image data")
     try:
@@ -67,7 +68,8 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:
-        raise ImageDecodeError(f"image has too many pixels (limit {max_pixels:,}): {exc}") from exc
+        message = f"image has too many pixels (limit {max_pixels:,}): {exc}"
+        raise ImageTooLargeError(message, limit=max_pixels) from exc
     except UnidentifiedImageError as exc:
         raise ImageDecodeError("not a recognised image format") from exc
     except (OSError, ValueError, SyntaxError) as exc:
@@ -76,15 +78,18 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     if width < 1 or height < 1:
         raise ImageDecodeError(f"image has no pixels ({width}x{height})")
     if width * height > max_pixels:
-        raise ImageDecodeError(
-            f"image has too many pixels: {width}x{height} = {width * height:,} > limit {max_pixels:,}"
+        raise ImageTooLargeError(
+            f"image has too many pixels: {width}x{height} = {width * height:,} > limit {max_pixels:,}",
+            width,
+            height,
+            max_pixels,
         )
     return img
 
 
 def probe_image(src: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int, str]:
     """(width, height, format) from the header alone, with ``load_image``'s checks before decoding."""
-    img = _open(_read_bytes(src), max_pixels)
+    img = open_image(_read_bytes(src), max_pixels)
     return img.size[0], img.size[1], img.format or "unknown"
 
 
@@ -127,7 +132,7 @@ def decode_cost(src: ImageSource, size: int, max_pixels: int = DEFAULT_MAX_PIXEL
     or premultiplied before reducing, times two when EXIF orientation transposes it.
     """
     data = _read_bytes(src)
-    img = _open(data, max_pixels)
+    img = open_image(data, max_pixels)
     scale = _draft_scale(img, size)
     pixels = -(-img.size[0] // scale) * -(-img.size[1] // scale)
     per_pixel = _BYTES_PER_PIXEL.get(img.mode, 4)
@@ -205,7 +210,7 @@ def load_image(src: ImageSource, size: int, max_pixels: int = DEFAULT_MAX_PIXELS
     """Decode ``src`` to uint8 (size, size, 3); ``ImageDecodeError`` naming the problem when it cannot."""
     if size < 1:
         raise ValueError(f"size must be positive, got {size}")
-    img = _open(_read_bytes(src), max_pixels)
+    img = open_image(_read_bytes(src), max_pixels)
     try:
         return _decode(img, size)
     except ImageDecodeError:

@@ -8,13 +8,10 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import io
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from retrieval_service.api.decoding import DecodeGate
 from retrieval_service.api.errors import (
@@ -25,8 +22,8 @@ from retrieval_service.api.errors import (
     PayloadTooLarge,
 )
 from services.divergence import validate_histograms
-from services.errors import DescriptorError, ImageDecodeError, SpecMismatchError
-from services.images import decode_cost, load_image
+from services.errors import DescriptorError, ImageDecodeError, ImageTooLargeError, SpecMismatchError
+from services.images import decode_cost, load_image, open_image
 from services.schemas import NeighborsRequest, Query
 
 
@@ -74,21 +71,14 @@ def window_of(query: Query, request: NeighborsRequest) -> tuple[int, int]:
 
 
 def check_image_pixels(data: bytes, max_pixels: int, what: str) -> None:
-    """Refuse an image whose header declares more than ``max_pixels`` pixels, before anything is decoded."""
+    """Refuse (413) an image whose header declares more than ``max_pixels`` pixels, before anything is
+    decoded."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:
-                width, height = img.size
-    except Image.DecompressionBombError as exc:
-        raise ImageTooLarge(f"{what}: image has too many pixels (limit {max_pixels:,})") from exc
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        open_image(data, max_pixels).close()
+    except ImageTooLargeError as exc:
+        raise ImageTooLarge(f"{what}: {exc}", exc.details) from exc
+    except ImageDecodeError:
         return  # not an image at all: load_image names that problem
-    if width * height > max_pixels:
-        raise ImageTooLarge(
-            f"{what}: image is {width}x{height} = {width * height:,} pixels; the limit is {max_pixels:,}",
-            {"width": width, "height": height, "limit": max_pixels},
-        )
 
 
 def decode_b64(text: str, what: str) -> bytes:

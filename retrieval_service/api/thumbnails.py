@@ -20,6 +20,7 @@ from fastapi.responses import Response
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from services.errors import ImageDecodeError
+from services.images import open_image
 
 THUMBNAIL_MIN = 16
 THUMBNAIL_MAX = 1024
@@ -39,13 +40,10 @@ def make_thumbnail(data: bytes, size: int, max_pixels: int) -> bytes:
     ``ImageDecodeError`` for bytes PIL cannot decode or with more than ``max_pixels`` pixels (checked from the
     header, before decoding).
     """
+    img = open_image(data, max_pixels)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            width, height = img.size
-            if width * height > max_pixels:
-                raise ImageDecodeError(f"source image has too many pixels: {width}x{height}")
             img.draft(img.mode, (size, size))  # JPEG: let libjpeg downscale by 1/2..1/8 while decoding
             img = ImageOps.exif_transpose(img)
             img.thumbnail((size, size), Image.Resampling.LANCZOS, reducing_gap=3.0)
