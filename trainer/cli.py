@@ -100,6 +100,28 @@ def _optim_flags(p: argparse.ArgumentParser, d: RunConfig) -> None:
                    help="LP-FT: train only the heads for the first N steps, then everything")
     p.add_argument("--train-layers", default=d.train_layers, choices=TRAIN_LAYERS,
                    help="head: linear probe (backbone frozen)")
+    _freeze_flags(p, d)
+
+
+def _freeze_flags(p: argparse.ArgumentParser, d: RunConfig) -> None:
+    p.add_argument(
+        "--freeze-until", default=None, metavar="MODULE",
+        help="freeze the backbone up to and including MODULE (eval mode, no gradients); the rest and the "
+        "heads train. timm EfficientNet/MobileNetV2: conv_stem, bn1, blocks.0 .. blocks.N, conv_head, bn2; "
+        "torchvision ResNet: conv1, bn1, relu, maxpool, layer1 .. layer4",
+    )
+    p.add_argument(
+        "--feature-cache", dest="feature_cache", action="store_true", default=None,
+        help="with --freeze-until (the default there): cache the trunk's output per (image, view) as float16 "
+        "under <cache-dir>/features/<model key>/, shared by every run and seed of the same model",
+    )
+    p.add_argument("--no-feature-cache", dest="feature_cache", action="store_false",
+                   help="run the frozen trunk on every step instead (same views; for checking)")
+    p.add_argument("--views", type=int, default=d.views,
+                   help="with --freeze-until: fixed views per image, 0 = centre crop, 1..V-1 = random crops "
+                        "+ flips seeded by the image alone; each training sample takes one of 1..V-1")
+    p.add_argument("--feature-memory-mb", type=int, default=d.feature_memory_mb,
+                   help="in-memory LRU of cached features, in MiB")
 
 
 def _source_flags(p: argparse.ArgumentParser, d: RunConfig) -> None:

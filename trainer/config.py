@@ -58,6 +58,10 @@ class RunConfig:
     freeze_bn: bool = False
     probe_steps: int = 0  # LP-FT: the first N steps train the heads only
     train_layers: str = "all"  # head: linear probe, backbone frozen
+    freeze_until: str | None = None  # frozen trunk up to and including this module (trainer/model.py)
+    feature_cache: bool | None = None  # cache trunk outputs (trainer/features.py); None: on with freeze_until
+    views: int = 4  # per image with a frozen trunk: view 0 = centre crop, 1..V-1 = fixed random crops
+    feature_memory_mb: int = 1024  # in-memory LRU in front of the on-disk feature cache
     image_cache: int = 10_000  # decoded images kept in memory (LRU)
     match_pool: str | None = None  # random mode: a selective run dir whose per-round pool sizes to match
     leak_guard: bool = True
@@ -103,6 +107,12 @@ class RunConfig:
             (self.probe_steps >= 0, "--probe-steps must be >= 0"),
             (self.train_layers in TRAIN_LAYERS, f"--train-layers must be one of {', '.join(TRAIN_LAYERS)}"),
             (self.image_cache >= 1, "--image-cache must be >= 1"),
+            (self.views >= 1, "--views must be >= 1"),
+            (self.feature_memory_mb >= 0, "--feature-memory-mb must be >= 0"),
+            (
+                not (self.feature_cache and self.freeze_until is None),
+                "--feature-cache needs --freeze-until (only a frozen trunk's outputs can be cached)",
+            ),
             (self.leak_threshold >= 0 and self.leak_k >= 1, "--leak-threshold >= 0 and --leak-k >= 1"),
             (self.max_per_source is None or self.max_per_source >= 1, "--max-per-source must be >= 1"),
             (
@@ -131,7 +141,16 @@ class RunConfig:
             raise ConfigError(f"--weights {self.weights} is not a file")
         if self.match_pool is not None and not (Path(self.match_pool) / "metrics.jsonl").is_file():
             raise ConfigError(f"--match-pool {self.match_pool} holds no metrics.jsonl of a selective run")
+        if self.freeze_until is not None:
+            from trainer.model import check_freeze_point  # builds the net on the meta device: cheap
+
+            check_freeze_point(self.arch, self.freeze_until)
         return self
+
+    @property
+    def caches_features(self) -> bool:
+        """Whether trunk outputs come from the feature cache (the default with --freeze-until)."""
+        return self.freeze_until is not None and self.feature_cache is not False
 
     def milestones(self) -> list[float]:
         """--lr-milestones as sorted fractions in (0, 1)."""
@@ -181,9 +200,12 @@ class RunConfig:
         "device",
         "image_cache",
         "progress",
+        "feature_memory_mb",
     )
 
     def resume_mismatches(self, saved: dict) -> list[str]:
         """Names of the fields whose value differs from a checkpoint's config (those that change results)."""
         mine = self.to_dict()
-        return sorted(k for k in mine if k not in self.RESUME_FREE and saved.get(k) != mine[k])
+        # A field newer than the checkpoint had its default value then.
+        default = RunConfig(self.target, self.service, self.out).to_dict()
+        return sorted(k for k in mine if k not in self.RESUME_FREE and saved.get(k, default[k]) != mine[k])

@@ -112,6 +112,17 @@ class ImageStore:
         )
         return torch.stack(list(views))
 
+    def views(self, paths: Sequence[str], uniforms: Sequence[torch.Tensor | None]) -> torch.Tensor:
+        """uint8 (N, 3, S, S): the training view fixed by ``uniforms[i]`` (5,); the centre crop for None."""
+        images = self.images(paths)
+
+        def one(img: torch.Tensor, u: torch.Tensor | None) -> torch.Tensor:
+            if u is None:
+                return eval_view(img, self.input_size)
+            return train_view(img, u, self.input_size, self.crop_scale)
+
+        return torch.stack(list(self._pool.map(one, images, uniforms)))
+
     def eval_batch(self, paths: Sequence[str]) -> torch.Tensor:
         """uint8 (N, 3, S, S) centre crops."""
         return torch.stack([eval_view(img, self.input_size) for img in self.images(paths)])

@@ -1,6 +1,7 @@
 """One optimizer and one learning-rate schedule for the whole run (all rounds), with parameter groups.
 
-Groups: ``backbone`` at lr * backbone_lr_mult, ``target_head`` and ``source_head`` at head_lr (default lr).
+Groups: ``backbone`` (its tail: all of it unless --freeze-until) at lr * backbone_lr_mult, ``target_head``
+and ``source_head`` at head_lr (default lr).
 Schedule over all ``rounds * steps_per_round`` steps: linear warm-up then cosine to 0, or step decay by
 lr_gamma at fractions of the run. The backbone's factor is 0 while it is frozen (``--train-layers head``) or
 probed (the first ``--probe-steps`` steps: LP-FT). The source head grows when new source classes appear; its
@@ -22,7 +23,7 @@ def param_groups(model: nn.Module, cfg: RunConfig) -> list[dict]:
     return [
         {
             "name": "backbone",
-            "params": list(model.backbone.parameters()),
+            "params": list(model.tail.parameters()),  # a frozen trunk (--freeze-until) is left out
             "lr": cfg.lr * cfg.backbone_lr_mult,
         },
         {"name": "target_head", "params": list(model.target_head.parameters()), "lr": head_lr},

@@ -15,6 +15,7 @@ from trainer.adaptive import update_k
 from trainer.checkpoint import save_checkpoint
 from trainer.config import RunConfig
 from trainer.distributed import Dist
+from trainer.features import view_indices
 from trainer.fetch import download
 from trainer.optim import end_probe, replace_source_head, set_train_mode
 from trainer.plan import Plan, levels, target_order, uniforms
@@ -91,6 +92,8 @@ class Trainer(RunSetup):
         def make_batch(step: int) -> Batch:
             targets, sources = plan.batch(step, d.rank)
             u = uniforms(cfg.seed, rnd, step, plan, d.rank)  # (b, 1 + R, 5)
+            if self.features is not None:
+                return self.frozen_batch(targets, sources, u, rows_of)
             x_t = self.store.train_batch([paths[i] for i in targets.tolist()], u[:, 0])
             ids = sources.flatten().tolist()
             x_s = (
@@ -117,12 +120,27 @@ class Trainer(RunSetup):
         )
         return train_round(runner, make_batch, self.steps, before_step, d, f"round {rnd}", cfg.progress)
 
+    def frozen_batch(
+        self,
+        targets: torch.Tensor,
+        sources: torch.Tensor,
+        u: torch.Tensor,
+        rows_of: dict[int, tuple[str, int]],
+    ) -> Batch:
+        """A batch of fixed views (--freeze-until): the run's uniforms pick each sample's view index, the
+        feature cache gives the trunk's outputs (or the view images, with --no-feature-cache)."""
+        ids = sources.flatten().tolist()
+        paths = [self.target.train_paths[i] for i in targets.tolist()] + [rows_of[s][0] for s in ids]
+        views = view_indices(u.reshape(-1, u.shape[-1]), self.cfg.views).view(u.shape[:2])  # (b, 1 + R)
+        x, from_features = self.features.batch(paths, torch.cat([views[:, 0], views[:, 1:].flatten()]))
+        y_s = torch.tensor([rows_of[s][1] for s in ids], dtype=torch.long)
+        return Batch(x, len(targets), self.target.train_labels[targets], y_s, from_features)
+
     def evaluate(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Softmax predictions on val (for accuracy) and train (for the K rule), sharded over ranks."""
         args = (self.store, self.device, self.cfg.batch_size, self.d)
-        return predict(self.model, self.target.val_paths, *args), predict(
-            self.model, self.target.train_paths, *args
-        )
+        val = predict(self.model, self.target.val_paths, *args, features=self.features)
+        return val, predict(self.model, self.target.train_paths, *args, features=self.features)
 
     def finish_round(
         self, rnd: int, plan: Plan, stats: RoundStats, probs_val: torch.Tensor, probs_train: torch.Tensor
@@ -161,6 +179,8 @@ class Trainer(RunSetup):
             with open(self.out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(row, sort_keys=True) + "\n")
             print(format_line(row), flush=True)
+            if self.features is not None and self.features.cached:
+                print(f"feature cache: round {rnd}: {self.features.take_stats().line()}", flush=True)
             save_checkpoint(self.out, self._checkpoint(rnd))
             self.reporter.event(JobEvent(type="round", round=rnd, metrics=row), keep=True)
         self.d.barrier()

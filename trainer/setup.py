@@ -15,6 +15,7 @@ from trainer.checkpoint import load_checkpoint, rng_state, set_rng_state
 from trainer.config import ConfigError, RunConfig
 from trainer.data import ImageStore, load_target
 from trainer.distributed import Dist, device_for
+from trainer.features import open_features
 from trainer.fetch import NeighborLists, SourceCache, index_key
 from trainer.jobs import Reporter
 from trainer.leak import find_leaks, save_leaks
@@ -94,10 +95,13 @@ class RunSetup:
     def _build_model(self) -> None:
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
-        self.model = JointModel(cfg.arch, len(self.target.classes), 1, cfg.weights)
+        self.model = JointModel(cfg.arch, len(self.target.classes), 1, cfg.weights, cfg.freeze_until)
         if cfg.train_layers == "head":
             self.model.backbone.requires_grad_(False)  # a linear probe: no backbone gradients at all
         self.model.to(self.device)
+        self.features = (
+            open_features(cfg, self.model, self.store, self.device) if cfg.freeze_until is not None else None
+        )
         self.total_steps = self.steps * cfg.rounds
         self.optimizer, self.scheduler = build_optimizer(self.model, cfg, self.total_steps)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.device.type == "cuda")

@@ -20,15 +20,17 @@ from tqdm import tqdm
 from services.backbones import Normalization
 from trainer.data import ImageStore, normalise
 from trainer.distributed import Dist
+from trainer.features import TrunkFeatures
 from trainer.plan import shard_indices
 
 
 @dataclass
 class Batch:
-    x: torch.Tensor  # (b + b * R, 3, S, S) uint8: targets first, then their sources
+    x: torch.Tensor  # (b + b * R, 3, S, S) uint8: targets first, then their sources; or trunk features
     n_target: int
     y_target: torch.Tensor  # (b,)
     y_source: torch.Tensor  # (b * R,)
+    from_features: bool = False  # x holds cached trunk features (b + b * R, C, H, W) float32
 
 
 @dataclass
@@ -69,9 +71,11 @@ class StepRunner:
     def step(self, batch: Batch) -> torch.Tensor:
         """One optimizer step; returns the detached (loss, CE_target, CE_source) (3,)."""
         dev = self.device
-        x = normalise(batch.x.to(dev, non_blocking=True), self.normalization)
+        x = batch.x.to(dev, non_blocking=True)
+        if not batch.from_features:
+            x = normalise(x, self.normalization)
         with torch.autocast(dev.type, enabled=dev.type == "cuda"):
-            logits_t, logits_s = self.net(x, batch.n_target)
+            logits_t, logits_s = self.net(x, batch.n_target, from_features=batch.from_features)
             losses = joint_loss(
                 logits_t, batch.y_target.to(dev), logits_s, batch.y_source.to(dev), self.label_smoothing
             )
@@ -120,16 +124,29 @@ def train_round(
 
 @torch.inference_mode()
 def predict(
-    model: nn.Module, paths: Sequence[str], store: ImageStore, device: torch.device, batch_size: int, d: Dist
+    model: nn.Module,
+    paths: Sequence[str],
+    store: ImageStore,
+    device: torch.device,
+    batch_size: int,
+    d: Dist,
+    features: TrunkFeatures | None = None,
 ) -> torch.Tensor:
     """Softmax target predictions (N, C) on centre crops in eval mode, each rank scoring its shard of
-    ``paths`` (padded as DistributedSampler does) and all ranks receiving the whole (N, C)."""
+    ``paths`` (padded as DistributedSampler does) and all ranks receiving the whole (N, C). With cached
+    ``features`` the trunk's outputs of view 0 (the centre crop) come from the feature cache."""
     model.eval()
     mine = shard_indices(len(paths), d.rank, d.world)  # (ceil(N / world),)
     out = []
     for lo in range(0, len(mine), batch_size):
-        x = store.eval_batch([paths[i] for i in mine[lo : lo + batch_size].tolist()])
-        x = normalise(x.to(device), getattr(model, "normalization", None))
+        chunk = [paths[i] for i in mine[lo : lo + batch_size].tolist()]
+        if features is not None and features.cached:
+            f = features.features(chunk, torch.zeros(len(chunk), dtype=torch.long)).to(device)
+            with torch.autocast(device.type, enabled=device.type == "cuda"):
+                logits = model.target_head(model.tail(f))
+            out.append(logits.float().softmax(dim=1))
+            continue
+        x = normalise(store.eval_batch(chunk).to(device), getattr(model, "normalization", None))
         with torch.autocast(device.type, enabled=device.type == "cuda"):
             logits = model.target_head(model.backbone(x))
         out.append(logits.float().softmax(dim=1))
