@@ -92,40 +92,19 @@ def build_index(
     instead of ``workers`` local processes; the index is the same byte for byte, and either kind of
     build resumes the other's finished shards. On CPU, ``workers`` > 0 spawns that many processes: a
     script calling this needs the usual ``if __name__ == "__main__":`` guard.
-    """
 
+    The phases: enumerate -> fit bin edges (once) -> extract shards (resumable) -> assemble -> rename.
+    """
     started = time.perf_counter()
-    for name, value, low in (
-        ("workers", workers, 0),
-        ("batch_size", batch_size, 1),
-        ("shard_size", shard_size, 1),
-        ("edge_sample", edge_sample, 1),
-        ("bins", bins, 2),
-        ("size", size, 8),
-    ):
-        if value < low:
-            raise BuildError(f"{name} must be >= {low}, got {value}")
-    if bank not in ("gabor", "conv"):
-        raise BuildError(f"unknown bank {bank!r} (gabor or conv)")
+    _check_arguments(bank, workers=workers, batch_size=batch_size, shard_size=shard_size,
+                     edge_sample=edge_sample, bins=bins, size=size)
     out = Path(out).absolute()
     partial = out.with_name(out.name + ".partial")
     check_out(out, force)
 
     timings: dict[str, float] = {}
-    try:
-        corpus = enumerate_corpus(
-            source, image_column=image_column, label_column=label_column, follow_symlinks=follow_symlinks
-        )
-    except SJFTError as exc:
-        raise BuildError(str(exc)) from exc
-    if not corpus.records:
-        rejected = f"; {len(corpus.skipped)} rejected, e.g. {corpus.skipped[0]}" if corpus.skipped else ""
-        raise BuildError(
-            f"no images found in {source} (expected an ImageFolder tree <class>/<image> or .tar shards)"
-            + rejected
-        )
+    corpus = _enumerate(source, image_column, label_column, follow_symlinks)
     # torch is imported only now, so a wrong --source or --out fails in a fraction of a second.
-    from retrieval_service.build.extraction import cpu_threads, extract_shards, fit_spec_edges
     from services.extract import make_spec, resolve_device
 
     try:
@@ -136,13 +115,6 @@ def build_index(
     except (SJFTError, ValueError) as exc:
         raise BuildError(str(exc)) from exc
     timings["enumerate"] = time.perf_counter() - started
-    log.info(
-        "source %s (%s): %d candidate images, %d classes",
-        corpus.root,
-        corpus.kind,
-        len(corpus.records),
-        len(corpus.classes),
-    )
 
     settings = {
         "bank": bank,
@@ -162,26 +134,13 @@ def build_index(
         return BuildReport(**json.loads((out / REPORT_FILE).read_text())["report"])
 
     t = time.perf_counter()
-    spec_path = partial / "spec.json"
-    if spec_path.is_file():
-        spec = DescriptorSpec.load(spec_path)
-        log.info("resuming with the fitted edges in %s (spec %s)", spec_path, spec.spec_hash[:12])
-    else:
-        try:
-            with cpu_threads(spec0, torch_device):
-                spec = fit_spec_edges(
-                    corpus, spec0, torch_device, conv_weights, edge_sample, seed, batch_size, workers
-                )
-        except ValueError as exc:
-            raise BuildError(f"could not fit bin edges: {exc}") from exc
-        spec.save(spec_path)
-        fsync_path(spec_path)
+    spec = _fitted_spec(partial / "spec.json", corpus, spec0, torch_device, conv_weights, edge_sample, seed,
+                        batch_size, workers)
     timings["fit_edges"] = time.perf_counter() - t
 
     # Resume reuses a finished shard only if its files are unchanged (same size AND mtime): stamps.py.
     invalidate_changed_shards(partial / "shards", corpus.root, corpus.records, shard_size)
     t = time.perf_counter()
-    n_shards = -(-len(corpus.records) // shard_size)  # ceil
     if ray is not None:
         from retrieval_service.build.ray_runner import extract_shards_on_ray
 
@@ -190,13 +149,14 @@ def build_index(
             cpus=workers or None, gpus_per_task=ray_gpus_per_task,
         )
     else:
+        from retrieval_service.build.extraction import cpu_threads, extract_shards
+
         with cpu_threads(spec, torch_device):
             extracted, resumed = extract_shards(
                 corpus, spec, partial / "shards", torch_device, conv_weights,
                 shard_size, batch_size, workers, progress,
             )
     timings["extract"] = time.perf_counter() - t
-    images_per_s = extracted / timings["extract"] if extracted else 0.0
 
     t = time.perf_counter()
     size, skipped, engine_sums = _assemble(corpus, spec, partial, shard_size, kind, torch_device, progress)
@@ -208,25 +168,86 @@ def build_index(
         candidates=len(corpus.records) + len(corpus.skipped),
         skipped=skipped,
         spec_hash=spec.spec_hash,
-        shards=n_shards,
+        shards=-(-len(corpus.records) // shard_size),  # ceil
         resumed_shards=resumed,
         timings_s={k: round(v, 3) for k, v in timings.items()},
-        images_per_s=round(images_per_s, 2),
+        images_per_s=round(extracted / timings["extract"], 2) if extracted else 0.0,
     )
+    _finish(partial, out, force, report, corpus, spec, engine_sums, conv_weights, fingerprint)
+    return report
+
+
+def _check_arguments(bank: str, **lower_bounded: int) -> None:
+    """BuildError naming the first bad argument (before anything slow happens)."""
+    minimum = {"workers": 0, "batch_size": 1, "shard_size": 1, "edge_sample": 1, "bins": 2, "size": 8}
+    for name, value in lower_bounded.items():
+        if value < minimum[name]:
+            raise BuildError(f"{name} must be >= {minimum[name]}, got {value}")
+    if bank not in ("gabor", "conv"):
+        raise BuildError(f"unknown bank {bank!r} (gabor or conv)")
+
+
+def _fitted_spec(spec_path: Path, corpus: Corpus, spec0: DescriptorSpec, torch_device, conv_weights,
+                 edge_sample: int, seed: int, batch_size: int, workers: int) -> DescriptorSpec:
+    """The spec with fitted bin edges, fitted once and saved: a resumed build keeps the first run's edges."""
+    from retrieval_service.build.extraction import cpu_threads, fit_spec_edges
+
+    if spec_path.is_file():
+        spec = DescriptorSpec.load(spec_path)
+        log.info("resuming with the fitted edges in %s (spec %s)", spec_path, spec.spec_hash[:12])
+        return spec
+    try:
+        with cpu_threads(spec0, torch_device):
+            spec = fit_spec_edges(
+                corpus, spec0, torch_device, conv_weights, edge_sample, seed, batch_size, workers
+            )
+    except ValueError as exc:
+        raise BuildError(f"could not fit bin edges: {exc}") from exc
+    spec.save(spec_path)
+    fsync_path(spec_path)
+    return spec
+
+
+def _enumerate(source, image_column: str, label_column: str, follow_symlinks: bool) -> Corpus:
+    """The corpus's candidate images, or a BuildError that says what was expected."""
+    try:
+        corpus = enumerate_corpus(
+            source, image_column=image_column, label_column=label_column, follow_symlinks=follow_symlinks
+        )
+    except SJFTError as exc:
+        raise BuildError(str(exc)) from exc
+    if not corpus.records:
+        rejected = f"; {len(corpus.skipped)} rejected, e.g. {corpus.skipped[0]}" if corpus.skipped else ""
+        raise BuildError(
+            f"no images found in {source} (expected an ImageFolder tree <class>/<image> or .tar shards)"
+            + rejected
+        )
+    log.info(
+        "source %s (%s): %d candidate images, %d classes",
+        corpus.root,
+        corpus.kind,
+        len(corpus.records),
+        len(corpus.classes),
+    )
+    return corpus
+
+
+def _finish(partial: Path, out: Path, force: bool, report: BuildReport, corpus: Corpus, spec: DescriptorSpec,
+            engine_sums: dict[str, str], conv_weights, fingerprint: str) -> None:
+    """Write the report and ``index.json`` into the partial directory, then rename it into place."""
     write_json(
         partial / REPORT_FILE,
         {"report": report.to_dict(), "source_root": str(corpus.root), "fingerprint": fingerprint},
     )
-    _write_index_json(partial, corpus, spec, size, engine_sums, conv_weights)
+    _write_index_json(partial, corpus, spec, report.size, engine_sums, conv_weights)
     commit(partial, out, force)
     log.info(
         "index of %d images written to %s (%d skipped) in %.1f s",
-        size,
+        report.size,
         out,
-        len(skipped),
-        time.perf_counter() - started,
+        len(report.skipped),
+        report.timings_s["total"],
     )
-    return report
 
 
 def _assemble(
