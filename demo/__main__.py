@@ -21,7 +21,10 @@ def parse_args(argv: list[str] | None = None) -> DemoConfig:
     parser.add_argument("--quick", action="store_true", help="tiny data and one short round (about a minute)")
     parser.add_argument("--keep-running", action="store_true",
                         help="leave the service (and Redis) running at the end until Ctrl-C")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the data and the training runs")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the generated data")
+    parser.add_argument("--seeds", default=None,
+                        help="training seeds, comma-separated (default 0,1,2; 0 with --quick): selective and "
+                             "random run once per seed, and the demo reports the mean and paired difference")
     parser.add_argument("--device", default="cpu", help="cpu or cuda, for the index build, service, trainer")
     parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
                         help="Redis for the service (default $REDIS_URL); '' runs without Redis")
@@ -31,8 +34,14 @@ def parse_args(argv: list[str] | None = None) -> DemoConfig:
     rounds = args.rounds if args.rounds is not None else (1 if args.quick else 2)
     if rounds < 1:
         parser.error("--rounds must be >= 1")
+    try:
+        seeds = tuple(int(v) for v in (args.seeds or ("0" if args.quick else "0,1,2")).split(","))
+    except ValueError:
+        parser.error(f"--seeds takes comma-separated integers, got {args.seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        parser.error(f"--seeds: give distinct seeds, got {args.seeds!r}")
     return DemoConfig(out=args.out, rounds=rounds, quick=args.quick, keep_running=args.keep_running,
-                      seed=args.seed, device=args.device, redis_url=args.redis_url,
+                      seed=args.seed, seeds=seeds, device=args.device, redis_url=args.redis_url,
                       compare_random=not args.no_random, workers=args.workers)
 
 

@@ -20,8 +20,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from services.fileio import atomic_write
+
 MANIFEST_NAME = "demo_manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: 64 source classes (44 distractors)
 
 Gray = np.ndarray  # (S, S) float64 in [0, 1]
 
@@ -50,7 +52,8 @@ def _stripes(name: str, scale: float, angle: float) -> SourceClass:
     return SourceClass(name, "stripes", scale, angle)
 
 
-SOURCE_CLASSES: tuple[SourceClass, ...] = (
+# The 20 classes of the first demo (12 of them are what the 6 target classes are built from) ...
+BASE_CLASSES: tuple[SourceClass, ...] = (
     *(_stripes(f"stripes_fine_{a:03d}", 4.5, a) for a in (0, 45, 90, 135)),
     *(_stripes(f"stripes_coarse_{a:03d}", 14.0, a) for a in (0, 45, 90, 135)),
     SourceClass("checker_fine", "checker", 3.0),
@@ -66,6 +69,32 @@ SOURCE_CLASSES: tuple[SourceClass, ...] = (
     SourceClass("crosshatch_diagonal", "crosshatch", 9.0, 45.0),
     SourceClass("gradient", "gradient", 64.0),
 )
+
+# ... and distractors: textures no target class is made of, so that (as in the paper, where the relevant
+# images are a small part of ImageNet) the 12 matching classes are 12 of 64 and a random pick is mostly
+# irrelevant. Their kinds differ from the matching ones; kinds the index confused with a target class were
+# dropped (spirals and radial spokes at the rings' scales, fine zigzags, small cells: measured on the top-8
+# neighbours of the target images).
+DISTRACTOR_CLASSES: tuple[SourceClass, ...] = (
+    *(SourceClass(f"waves_{s:02.0f}_{a:03d}", "waves", s, a) for s in (6.0, 12.0, 20.0) for a in (0, 90)),
+    *(SourceClass(f"zigzag_{s:02.0f}_{a:03d}", "zigzag", s, a) for s in (12.0,) for a in (0, 90)),
+    *(SourceClass(f"bricks_{s:02.0f}", "bricks", s) for s in (5.0, 9.0, 16.0)),
+    *(SourceClass(f"hexagons_{s:02.0f}", "hexagons", s) for s in (5.0, 9.0, 16.0)),
+    *(SourceClass(f"diamonds_{s:02.0f}", "diamonds", s) for s in (4.0, 7.0, 12.0)),
+    *(SourceClass(f"speckle_{100 * s:02.0f}", "speckle", s) for s in (0.02, 0.06, 0.15, 0.3)),
+    *(SourceClass(f"scratches_{s:02.0f}", "scratches", s) for s in (8.0, 12.0, 20.0, 40.0)),
+    *(SourceClass(f"cells_{s:02.0f}", "cells", s) for s in (10.0, 18.0)),
+    *(SourceClass(f"streaks_{a:03d}", "streaks", 8.0, a) for a in (0, 22, 45, 67, 90, 112, 135)),
+    *(SourceClass(f"plaid_{s:02.0f}", "plaid", s, 30.0) for s in (6.0, 14.0)),
+    *(SourceClass(f"triangles_{s:02.0f}", "triangles", s) for s in (6.0, 14.0)),
+    SourceClass("radial_06", "radial", 6.0),
+    *(SourceClass(f"squares_{s:02.0f}", "squares", s) for s in (4.0, 9.0)),
+    SourceClass("grid_10", "grid", 10.0),
+    SourceClass("flat", "flat", 1.0),
+    SourceClass("vignette", "vignette", 1.0),
+)
+
+SOURCE_CLASSES: tuple[SourceClass, ...] = BASE_CLASSES + DISTRACTOR_CLASSES
 
 TARGET_CLASSES: tuple[TargetClass, ...] = (
     TargetClass("zebra", ("stripes_fine_000", "stripes_fine_090"), warp=1.0, mask="blob"),
@@ -99,7 +128,7 @@ class DemoManifest:
         return matching / total
 
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
+        atomic_write(path, json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
 
     @classmethod
     def load(cls, path: Path) -> DemoManifest:
@@ -179,6 +208,143 @@ def _gen_gradient(x, y, rng, scale, angle):
     return (u - u.min()) / max(u.max() - u.min(), 1e-6)
 
 
+def _gen_waves(x, y, rng, scale, angle):
+    # Stripes bent by a slow sine: wavy lines, no single orientation.
+    a = angle + rng.uniform(-6, 6)
+    u, v = _rotated(x, y, a), _rotated(x, y, a + 90)
+    bend = rng.uniform(0.8, 1.6) * scale * np.sin(2 * math.pi * v / (4 * scale) + rng.uniform(0, 6.3))
+    return 0.5 + 0.5 * np.sin(2 * math.pi * (u + bend) / scale + rng.uniform(0, 6.3))
+
+
+def _gen_zigzag(x, y, rng, scale, angle):
+    a = angle + rng.uniform(-6, 6)
+    u, v = _rotated(x, y, a), _rotated(x, y, a + 90)
+    tri = np.abs(((v / (1.5 * scale)) % 2.0) - 1.0) * 1.5 * scale  # triangle wave across the stripes
+    return (((u + tri + rng.uniform(0, scale)) / scale) % 1.0 < 0.5).astype(np.float64)
+
+
+def _gen_bricks(x, y, rng, scale, angle):
+    ox, oy = rng.uniform(0, 4 * scale, 2)
+    row = np.floor((y + oy) / scale)
+    xx = x + ox + (row % 2) * scale  # every other row shifted by half a brick (bricks are 2 scale wide)
+    mortar = (((y + oy) % scale) < 1.2) | (((xx % (2 * scale))) < 1.2)
+    return np.where(mortar, 0.0, 1.0)
+
+
+def _gen_hexagons(x, y, rng, scale, angle):
+    # Honeycomb edges: distance to the nearest centre of a hexagonal lattice vs the second nearest.
+    ox, oy = rng.uniform(0, 2 * scale, 2)
+    cells = _lattice(x.shape[0], scale, rng, jitter=0.0, hexagonal=True, offset=(ox, oy))
+    return _cell_edges(x, y, cells, width=1.0)
+
+
+def _gen_diamonds(x, y, rng, scale, angle):
+    u, v = _rotated(x, y, 45 + rng.uniform(-4, 4)), _rotated(x, y, 135 + rng.uniform(-4, 4))
+    return (((u // scale) + (v // scale)) % 2).astype(np.float64)
+
+
+def _gen_spiral(x, y, rng, scale, angle):
+    size = x.shape[0]
+    cx, cy = rng.uniform(0.3 * size, 0.7 * size, 2)
+    r, theta = np.hypot(x - cx, y - cy), np.arctan2(y - cy, x - cx)
+    arms = int(rng.integers(2, 5))
+    return 0.5 + 0.5 * np.sin(2 * math.pi * r / scale + arms * theta)
+
+
+def _gen_speckle(x, y, rng, scale, angle):
+    # Isolated bright pixels on a dark field: density ``scale``.
+    return (rng.random(x.shape) < scale).astype(np.float64)
+
+
+def _gen_scratches(x, y, rng, scale, angle):
+    # Random thin straight lines, length ``scale``.
+    size = x.shape[0]
+    img = np.zeros_like(x)
+    for _ in range(int(3 * size * size / (scale * 60))):
+        x0, y0 = rng.uniform(0, size, 2)
+        theta = rng.uniform(0, math.pi)
+        t = np.linspace(0, scale, int(scale) * 2)
+        xs = np.clip((x0 + t * math.cos(theta)).astype(int), 0, size - 1)
+        ys = np.clip((y0 + t * math.sin(theta)).astype(int), 0, size - 1)
+        img[ys, xs] = 1.0
+    return img
+
+
+def _lattice(size, scale, rng, jitter, hexagonal=False, offset=(0.0, 0.0)):
+    n = int(math.ceil(size / scale)) + 2
+    gy, gx = np.mgrid[-1:n, -1:n].astype(np.float64)
+    if hexagonal:
+        gx = gx + 0.5 * (gy % 2)
+        gy = gy * math.sqrt(3) / 2
+    cx = (gx + rng.uniform(-jitter, jitter, gx.shape)) * scale + offset[0]
+    cy = (gy + rng.uniform(-jitter, jitter, gy.shape)) * scale + offset[1]
+    return np.stack([cx.ravel(), cy.ravel()], axis=1)  # (n*n, 2)
+
+
+def _cell_edges(x, y, centres, width):
+    d = np.hypot(x[..., None] - centres[:, 0], y[..., None] - centres[:, 1])  # (S, S, n)
+    two = np.partition(d, 1, axis=-1)[..., :2]
+    return (two[..., 1] - two[..., 0] < width).astype(np.float64)
+
+
+def _gen_cells(x, y, rng, scale, angle):
+    # Voronoi cell outlines of a jittered lattice (cracked mud, giraffe without colour).
+    centres = _lattice(x.shape[0], scale, rng, jitter=0.45, offset=tuple(rng.uniform(0, scale, 2)))
+    return _cell_edges(x, y, centres, width=1.0)
+
+
+def _gen_streaks(x, y, rng, scale, angle):
+    # Noise smeared along one direction (wood grain): drawn on a larger canvas, rotated, centre-cropped so no
+    # corner is left empty.
+    size = x.shape[0]
+    big = int(size * 1.5)
+    coarse = (rng.random((max(2, big // 2), max(2, big // 16))) * 255).astype(np.uint8)
+    img = Image.fromarray(coarse).resize((big, big), Image.BICUBIC).rotate(angle + rng.uniform(-5, 5),
+                                                                          resample=Image.BILINEAR)
+    lo = (big - size) // 2
+    arr = np.asarray(img, dtype=np.float64)[lo : lo + size, lo : lo + size] / 255.0
+    return (arr - arr.min()) / max(arr.max() - arr.min(), 1e-6)
+
+
+def _gen_plaid(x, y, rng, scale, angle):
+    a = rng.uniform(0, 180)
+    u, v = _rotated(x, y, a), _rotated(x, y, a + 60)
+    return 0.25 * (2 + np.sin(2 * math.pi * u / scale) + np.sin(2 * math.pi * v / (1.7 * scale)))
+
+
+def _gen_triangles(x, y, rng, scale, angle):
+    u, v = _rotated(x, y, rng.uniform(0, 60)), _rotated(x, y, 60 + rng.uniform(0, 60))
+    return (((u // scale) + (v // scale) + ((u + v) // scale)) % 2).astype(np.float64)
+
+
+def _gen_radial(x, y, rng, scale, angle):
+    size = x.shape[0]
+    cx, cy = rng.uniform(0.3 * size, 0.7 * size, 2)
+    spokes = int(round(2 * math.pi * size / (4 * scale)))
+    return 0.5 + 0.5 * np.sin(spokes * np.arctan2(y - cy, x - cx))
+
+
+def _gen_squares(x, y, rng, scale, angle):
+    # Small filled squares on a regular grid (tiles), gaps of ``scale / 2``.
+    ox, oy = rng.uniform(0, scale, 2)
+    return ((((x + ox) % scale) < 0.6 * scale) & (((y + oy) % scale) < 0.6 * scale)).astype(np.float64)
+
+
+def _gen_grid(x, y, rng, scale, angle):
+    ox, oy = rng.uniform(0, scale, 2)
+    return ((((x + ox) % scale) < 1.0) | (((y + oy) % scale) < 1.0)).astype(np.float64)
+
+
+def _gen_flat(x, y, rng, scale, angle):
+    return np.full_like(x, rng.uniform(0.2, 0.8)) + rng.normal(0, 0.01, x.shape)
+
+
+def _gen_vignette(x, y, rng, scale, angle):
+    size = x.shape[0]
+    cx, cy = rng.uniform(0.3 * size, 0.7 * size, 2)
+    return np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * (rng.uniform(0.3, 0.6) * size) ** 2))
+
+
 GENERATORS: dict[str, Callable[..., Gray]] = {
     "stripes": _gen_stripes,
     "crosshatch": _gen_crosshatch,
@@ -188,6 +354,23 @@ GENERATORS: dict[str, Callable[..., Gray]] = {
     "noise": _gen_noise,
     "blobs": _gen_blobs,
     "gradient": _gen_gradient,
+    "waves": _gen_waves,
+    "zigzag": _gen_zigzag,
+    "bricks": _gen_bricks,
+    "hexagons": _gen_hexagons,
+    "diamonds": _gen_diamonds,
+    "spiral": _gen_spiral,
+    "speckle": _gen_speckle,
+    "scratches": _gen_scratches,
+    "cells": _gen_cells,
+    "streaks": _gen_streaks,
+    "plaid": _gen_plaid,
+    "triangles": _gen_triangles,
+    "radial": _gen_radial,
+    "squares": _gen_squares,
+    "grid": _gen_grid,
+    "flat": _gen_flat,
+    "vignette": _gen_vignette,
 }
 
 

@@ -1,5 +1,5 @@
 """What the demo measures: how often retrieval picks the matching source classes, and the selective-vs-random
-comparison of the two training runs (tables on stdout, a figure, ``summary.json``)."""
+comparison of the training runs over seeds (tables on stdout, a figure, ``summary.json``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,12 @@ from pathlib import Path
 
 from demo.data import DemoManifest
 from services.client import RetrievalClient, encode_image
+from services.fileio import atomic_write
 from services.schemas import Query
+from trainer.stats import paired
+
+Runs = dict[int, dict[str, list[dict]]]  # training seed -> source mode -> metrics.jsonl rows
+SELECTION_REPORT = "selection.html"  # written into a run dir by the trainer's selection report, when present
 
 # Fields of the trainer's metrics.jsonl rows (trainer/run.py): validation accuracies of each round.
 MEAN_CLASS_KEY, TOP1_KEY = "mean_class_acc", "top1"
@@ -74,6 +79,43 @@ def _fmt(value: float | None) -> str:
     return "   -  " if value is None else f"{100 * value:5.1f}%"
 
 
+def outcome(runs: Runs) -> dict:
+    """Final-round mean class accuracy per mode and seed, the means, and selective - random paired by seed."""
+    per_seed: dict[str, dict[int, float]] = {}
+    for seed, modes in runs.items():
+        for mode, records in modes.items():
+            finals = [mca for _, mca, _ in accuracy_by_round(records) if mca is not None]
+            if finals:
+                per_seed.setdefault(mode, {})[seed] = finals[-1]
+    means = {mode: sum(v.values()) / len(v) for mode, v in per_seed.items()}
+    diff = None
+    if "selective" in per_seed and "random" in per_seed:
+        found = paired("selective", "random", per_seed["selective"], per_seed["random"])
+        diff = found.to_dict() if found else None
+    return {"metric": MEAN_CLASS_KEY, "per_seed": per_seed, "mean": means, "paired": diff}
+
+
+def outcome_table(result: dict) -> str:
+    """One line per mode: each seed's final accuracy and the mean; then the paired difference."""
+    seeds = sorted({s for v in result["per_seed"].values() for s in v})
+    header = f"{'source mode':<12} " + " ".join(f"{'seed ' + str(s):>8}" for s in seeds) + f" {'mean':>8}"
+    lines = [header, "-" * len(header)]
+    for mode, values in result["per_seed"].items():
+        lines.append(f"{mode:<12} " + " ".join(f"{_fmt(values.get(s)):>8}" for s in seeds)
+                     + f" {_fmt(result['mean'][mode]):>8}")
+    diff = result["paired"]
+    if diff:
+        ci = "" if diff["ci95"] is None else f", 95 % CI (Student t) +-{100 * diff['ci95']:.1f} points"
+        per = ", ".join(f"{100 * d:+.1f}" for d in diff["diffs"])
+        lines.append(f"selective - random: {100 * diff['mean']:+.1f} points on average (per seed {per}{ci})")
+    return "\n".join(lines)
+
+
+def selection_reports(runs_dir: Path) -> list[Path]:
+    """The selection reports (``selection.html``) the selective runs wrote, if any."""
+    return sorted(Path(runs_dir).glob(f"seed*/selective/{SELECTION_REPORT}"))
+
+
 def comparison_table(runs: dict[str, list[dict]]) -> str:
     """Round-by-round validation accuracy of each run, side by side."""
     rows = {name: {r: (mca, top1) for r, mca, top1 in accuracy_by_round(recs)} for name, recs in runs.items()}
@@ -103,8 +145,9 @@ def matching_table(fractions: list[MatchingFraction], manifest: DemoManifest) ->
     return "\n".join(lines)
 
 
-def plot(out_png: Path, runs: dict[str, list[dict]], fractions: list[MatchingFraction]) -> Path:
-    """Left: validation mean class accuracy per round for each run. Right: matching share per target class."""
+def plot(out_png: Path, runs: Runs, fractions: list[MatchingFraction]) -> Path:
+    """Left: validation mean class accuracy per round, thin lines per seed and a thick mean per mode.
+    Right: matching share per target class."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display in containers or CI
@@ -112,11 +155,21 @@ def plot(out_png: Path, runs: dict[str, list[dict]], fractions: list[MatchingFra
 
     fig, (ax_acc, ax_match) = plt.subplots(1, 2, figsize=(11, 4))
     rounds: set[int] = set()
-    for name, records in runs.items():
-        points = [(r, mca) for r, mca, _ in accuracy_by_round(records) if mca is not None]
-        if points:
-            ax_acc.plot(*zip(*points, strict=True), marker="o", label=f"{name} sources")
-            rounds.update(r for r, _ in points)
+    modes = sorted({m for by_mode in runs.values() for m in by_mode}, reverse=True)  # selective first
+    for colour, mode in zip(("tab:blue", "tab:orange", "tab:green"), modes, strict=False):
+        curves = [[(r, mca) for r, mca, _ in accuracy_by_round(by_mode[mode]) if mca is not None]
+                  for by_mode in runs.values() if mode in by_mode]
+        for points in curves:
+            if points:
+                ax_acc.plot(*zip(*points, strict=True), color=colour, alpha=0.3, linewidth=1)
+                rounds.update(r for r, _ in points)
+        by_round: dict[int, list[float]] = {}
+        for points in curves:
+            for r, mca in points:
+                by_round.setdefault(r, []).append(mca)
+        xs = sorted(by_round)
+        ax_acc.plot(xs, [sum(by_round[r]) / len(by_round[r]) for r in xs], color=colour, marker="o",
+                    linewidth=2.5, label=f"{mode} sources (mean of {len(curves)} seeds)")
     n_classes = len(fractions[0].per_class)
     ax_acc.axhline(1 / n_classes, color="grey", linestyle=":", label="chance")
     ax_acc.set_xticks(sorted(rounds))
@@ -141,12 +194,12 @@ def plot(out_png: Path, runs: dict[str, list[dict]], fractions: list[MatchingFra
     return out_png
 
 
-def write_summary(path: Path, runs: dict[str, list[dict]], fractions: list[MatchingFraction],
-                  extra: dict) -> None:
+def write_summary(path: Path, runs: Runs, fractions: list[MatchingFraction], extra: dict) -> None:
     summary = {
-        "runs": {name: [dict(zip(("round", "mean_class_acc", "top1"), row, strict=True))
-                        for row in accuracy_by_round(recs)] for name, recs in runs.items()},
+        "runs": {f"seed{seed}": {name: [dict(zip(("round", "mean_class_acc", "top1"), row, strict=True))
+                                        for row in accuracy_by_round(recs)] for name, recs in by_mode.items()}
+                 for seed, by_mode in runs.items()},
         "matching_fraction": [asdict(f) for f in fractions],
         **extra,
     }
-    path.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    atomic_write(path, json.dumps(summary, indent=2, sort_keys=True) + "\n")

