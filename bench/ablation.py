@@ -1,21 +1,22 @@
-"""The paper's ablation table in miniature: Imagewoof (20 train / class) against a CIFAR-100 Gabor index.
+"""The paper's ablation table on real data: a few-shot target against a source index, every row over seeds.
 
-Rows none / all / random / selective --no-adaptive / selective, ResNet-18 from scratch at 64 px on the CPU,
-the same seeds and budgets for every row; the reference is ``none`` (plain fine-tuning), and each row prints
-its ratio to it.
+Finds the data as ../shared/data relative to the project root (or --data), uses --index or builds a Gabor
+index of ``<data>/<corpus>`` into bench_out/ once, starts a real service on it (``retrieval_service.testing``;
+or uses --service URL), and runs ``python -m trainer ablate`` with every other flag passed through, so each
+trainer knob (--arch, --weights, --rounds, --steps-per-round, --k0, --lr, --seeds 0,1,2, --rows ...) is a flag
+here too. Prints the table (rows with Student-t 95 % intervals, paired selective - random / - none) and each
+row's ratio to ``none``; writes <out>/ablation.json, .md and .png.
 
-    .venv/bin/python bench/ablation.py [--seeds 1] [--rounds 2] [--epochs-per-round 1] [--index DIR]
-
-The index: --index, else bench_out/cifar100-gabor (the build benchmark's), else
-bench_out/cifar100-sub20-gabor64, else one built here from the first 10 CIFAR-100 training images per class
-(bench_out/ablation-cifar100-sub10).
+    .venv/bin/python bench/ablation.py --seeds 0,1,2 --rounds 2 --arch efficientnet_lite0 --weights W.pt \\
+        --input-size 160 --batch-size 32 [--corpus imagenet-source] [--target imagewoof] [--out DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -24,60 +25,59 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from retrieval_service.testing import live_server  # noqa: E402
-from trainer.ablate import ablate  # noqa: E402
-from trainer.config import RunConfig  # noqa: E402
+from trainer.cli import main as trainer_main  # noqa: E402
 
-DATA = Path("/work/shared/data")
 BENCH_OUT = REPO / "bench_out"
 
 
-def find_or_build_index(explicit: str | None) -> Path:
+def find_or_build_index(explicit: str | None, data: Path, corpus: str, size: int) -> Path:
+    """--index, else bench_out/<corpus>-gabor<size>, built here from <data>/<corpus> when missing."""
     if explicit:
         return Path(explicit)
-    for name in ("cifar100-gabor", "cifar100-sub20-gabor64"):
-        if (BENCH_OUT / name / "index.json").is_file():
-            return BENCH_OUT / name
-    out = BENCH_OUT / "ablation-cifar100-sub10"
+    out = BENCH_OUT / f"{corpus}-gabor{size}"
     if not (out / "index.json").is_file():
         from retrieval_service.build.builder import build_index
 
-        src = BENCH_OUT / "ablation-cifar100-sub10-src"
-        for cls in sorted((DATA / "cifar100" / "train").iterdir()):
-            (src / cls.name).mkdir(parents=True, exist_ok=True)
-            for f in sorted(cls.iterdir())[:10]:
-                if not (src / cls.name / f.name).exists():
-                    shutil.copy(f, src / cls.name / f.name)
-        build_index(src, out, size=64, bins=16, batch_size=64, workers=2, progress=False)
+        print(f"building {out} from {data / corpus} (once)", flush=True)
+        build_index(data / corpus, out, size=size, bins=16, workers=2, progress=True)
     return out
 
 
-def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--seeds", type=int, default=1)
-    p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--epochs-per-round", type=int, default=1)
-    p.add_argument("--k0", type=int, default=2)
-    p.add_argument("--k-max", type=int, default=10)
-    p.add_argument("--input-size", type=int, default=64)
-    p.add_argument("--index", default=None)
+def parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+    p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    p.add_argument("--corpus", default="imagenet-source", help="source folder under --data")
+    p.add_argument("--target", default=None, help="target ImageFolder (default <data>/imagewoof)")
+    p.add_argument("--index", default=None, help="an index dir (default bench_out/<corpus>-gabor<size>)")
+    p.add_argument("--index-size", type=int, default=160, help="--size of an index built here")
+    p.add_argument("--service", default=None, help="use this running service instead of starting one")
     p.add_argument("--out", default=str(BENCH_OUT / "ablation"))
-    args = p.parse_args()
-    index = find_or_build_index(args.index)
-    print(f"index: {index}", flush=True)
+    return p.parse_known_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, passthrough = parse(argv)
+    target = args.target or str(args.data / "imagewoof")
     started = time.perf_counter()
-    with live_server(index, Path(args.out + ".server.log"), redis_url=os.environ.get("REDIS_URL", "")) as url:
-        cfg = RunConfig(
-            target=str(DATA / "imagewoof"), service=url, out=args.out, rounds=args.rounds, k0=args.k0,
-            k_max=args.k_max, arch="resnet18", epochs_per_round=args.epochs_per_round,
-            input_size=args.input_size, batch_size=32, cache_dir=str(BENCH_OUT / "ablation-cache"), workers=2,
-        ).validate()
-        summary = ablate(cfg, args.seeds)
-    ref = next(s for s in summary if s["row"] == "none")["mean"]
-    for s in summary:
-        ratio = s["mean"] / ref if ref else float("nan")
-        print(f"{s['row']:>24}: {100 * s['mean']:.2f} +- {100 * s['std']:.2f}  ratio vs none {ratio:.3f}")
-    print(f"total {time.perf_counter() - started:.0f} s for {len(summary)} rows x {args.seeds} seed(s)")
+    with contextlib.ExitStack() as stack:
+        url = args.service
+        if url is None:
+            index = find_or_build_index(args.index, args.data, args.corpus, args.index_size)
+            print(f"index: {index}", flush=True)
+            log = Path(args.out + ".server.log")
+            log.parent.mkdir(parents=True, exist_ok=True)
+            url = stack.enter_context(live_server(index, log, redis_url=os.environ.get("REDIS_URL", "")))
+        code = trainer_main(["ablate", "--target", target, "--service", url, "--out", args.out, *passthrough])
+    if code != 0:
+        return code
+    result = json.loads((Path(args.out) / "ablation.json").read_text())
+    ref = next((r["mean"] for r in result["rows"] if r["row"] == "none"), None)
+    for r in result["rows"]:
+        ratio = f"  ratio vs none {r['mean'] / ref:.3f}" if ref else ""
+        print(f"{r['row']:>24}: {100 * r['mean']:.2f} +- {100 * r['std']:.2f}{ratio}")
+    print(f"total {time.perf_counter() - started:.0f} s; {args.out}/ablation.json")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
