@@ -116,21 +116,6 @@ def selection_reports(runs_dir: Path) -> list[Path]:
     return sorted(Path(runs_dir).glob(f"seed*/selective/{SELECTION_REPORT}"))
 
 
-def comparison_table(runs: dict[str, list[dict]]) -> str:
-    """Round-by-round validation accuracy of each run, side by side."""
-    rows = {name: {r: (mca, top1) for r, mca, top1 in accuracy_by_round(recs)} for name, recs in runs.items()}
-    rounds = sorted({r for by_round in rows.values() for r in by_round})
-    header = "round  " + "  ".join(f"{name + ' mean-class':>20} {name + ' top-1':>15}" for name in runs)
-    lines = [header, "-" * len(header)]
-    for r in rounds:
-        cells = []
-        for name in runs:
-            mca, top1 = rows[name].get(r, (None, None))
-            cells.append(f"{_fmt(mca):>20} {_fmt(top1):>15}")
-        lines.append(f"{r:>5}  " + "  ".join(cells))
-    return "\n".join(lines)
-
-
 def matching_table(fractions: list[MatchingFraction], manifest: DemoManifest) -> str:
     """Per target class: matching source classes, retrieved share at each depth, random expectation."""
     header = (f"{'target class':<12} {'matching source classes':<38} "
