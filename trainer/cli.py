@@ -64,6 +64,8 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backoff", type=float, default=d.backoff)
     p.add_argument("--job-name", default=None)
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no per-round progress bar")
+    p.add_argument("--no-selection-report", dest="selection_report", action="store_false",
+                   help="do not write selection.html/.png/.json (the sources each round used) into --out")
 
 
 def _budget_flags(p: argparse.ArgumentParser, d: RunConfig) -> None:

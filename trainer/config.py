@@ -65,6 +65,7 @@ class RunConfig:
     image_cache: int = 10_000  # decoded images kept in memory (LRU)
     match_pool: str | None = None  # random mode: a selective run dir whose per-round pool sizes to match
     leak_guard: bool = True
+    selection_report: bool = True  # selection.html/.png/.json after every round (trainer/round_selection.py)
     leak_threshold: float = 1e-3
     leak_k: int = 3
     max_per_source: int | None = None
@@ -201,6 +202,7 @@ class RunConfig:
         "image_cache",
         "progress",
         "feature_memory_mb",
+        "selection_report",
     )
 
     def resume_mismatches(self, saved: dict) -> list[str]:

@@ -13,6 +13,7 @@ per-query ``offset``/``k``.
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -76,25 +77,53 @@ def local_descriptors(
 
 @dataclass
 class NeighborLists:
-    """Each target's ranked source ids fetched so far (a prefix of its full ranking) and every source's
-    label."""
+    """Each target's ranked source ids fetched so far (a prefix of its full ranking), their distances, every
+    source's label, and the K_i vector each round used (the selection report redraws every round from it)."""
 
     ranked: list[list[int]]
     labels: dict[int, int] = field(default_factory=dict)  # source_id -> source class index
     exhausted: set[int] = field(default_factory=set)  # targets whose ranking ended (index smaller than K)
+    distances: list[list[float]] | None = None  # parallel to ranked; NaN where a checkpoint predates them
+    k_rounds: list[list[int]] = field(default_factory=list)  # k_rounds[r][i]: target i's K in round r
+
+    def __post_init__(self) -> None:
+        if self.distances is None:
+            self.distances = [[math.nan] * len(r) for r in self.ranked]
 
     def selected(self, k: Sequence[int]) -> list[int]:
         """Distinct source ids within the current K_i prefixes, in first-seen order."""
         return list(dict.fromkeys(s for i, ki in enumerate(k) for s in self.ranked[i][:ki]))
 
+    def record_round(self, rnd: int, k: Sequence[int]) -> None:
+        """Remember round ``rnd``'s K vector (a round redone after a resume replaces its entry)."""
+        del self.k_rounds[rnd:]
+        self.k_rounds.append([int(ki) for ki in k])
+
+    def prefix(self, i: int, k: int) -> list[tuple[int, float, int]]:
+        """Target ``i``'s ``k`` nearest fetched sources as (source_id, distance, label), nearest first."""
+        ranked, distances = self.ranked[i][:k], self.distances[i][:k]
+        return [(s, d, self.labels[s]) for s, d in zip(ranked, distances, strict=True)]
+
     def to_state(self) -> dict:
-        return {"ranked": self.ranked, "labels": self.labels, "exhausted": sorted(self.exhausted)}
+        return {
+            "ranked": self.ranked,
+            "distances": self.distances,
+            "labels": self.labels,
+            "exhausted": sorted(self.exhausted),
+            "k_rounds": self.k_rounds,
+        }
 
     @classmethod
     def from_state(cls, state: dict) -> NeighborLists:
+        """Also reads checkpoints written before distances and k_rounds were kept (NaN, no history)."""
         labels = {int(s): int(y) for s, y in state["labels"].items()}
+        distances = state.get("distances")
         return cls(
-            ranked=[list(r) for r in state["ranked"]], labels=labels, exhausted=set(state["exhausted"])
+            ranked=[list(r) for r in state["ranked"]],
+            labels=labels,
+            exhausted=set(state["exhausted"]),
+            distances=[[float(d) for d in r] for r in distances] if distances is not None else None,
+            k_rounds=[list(k) for k in state.get("k_rounds", [])],
         )
 
 
@@ -126,6 +155,7 @@ def fetch_windows(
     for i, _, k in todo:
         found = by_id[str(i)]
         lists.ranked[i].extend(n.source_id for n in found)
+        lists.distances[i].extend(float(n.distance) for n in found)
         lists.labels.update((n.source_id, n.label) for n in found)
         if len(found) < k:
             lists.exhausted.add(i)

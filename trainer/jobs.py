@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from services.client import ClientError, RetrievalClient, ServiceUnavailableError
@@ -17,6 +18,15 @@ from services.fileio import atomic_write
 from services.schemas import JobEvent
 
 OUTBOX = "outbox.jsonl"
+SHOWN_SOURCES = 48  # source ids a round event carries: the Jobs tab of the web page shows up to 48
+
+
+def round_event(rnd: int, metrics: dict, source_ids: Sequence[int]) -> JobEvent:
+    """Round ``rnd``'s event: its metrics row plus ``source_ids``, the first ``SHOWN_SOURCES`` distinct
+    sources it trained on (the Jobs tab's thumbnails; left out of metrics.jsonl, which stays compact, and
+    left out when the round trained on no sources)."""
+    shown = list(dict.fromkeys(int(s) for s in source_ids))[:SHOWN_SOURCES]
+    return JobEvent(type="round", round=rnd, metrics={**metrics, "source_ids": shown} if shown else metrics)
 
 
 class Reporter:

@@ -17,15 +17,21 @@ from trainer.config import RunConfig
 from trainer.distributed import Dist
 from trainer.features import view_indices
 from trainer.fetch import download
+from trainer.jobs import round_event
 from trainer.optim import end_probe, replace_source_head, set_train_mode
 from trainer.plan import Plan, levels, target_order, uniforms
 from trainer.report import format_line, plot_curves, table
+from trainer.round_selection import write_round_report
+from trainer.selection_report import SelectionReport
 from trainer.setup import RunSetup
 from trainer.train import Batch, RoundStats, StepRunner, accuracy, predict, train_round
 
 
 class Trainer(RunSetup):
     """``run()`` is the algorithm; each round step is one short method."""
+
+    report: SelectionReport | None = None  # the latest selection report (rank 0)
+    index_classes: list[str] | None = None  # the index's class names, asked once for the report
 
     def run(self) -> list[dict]:
         """Train rounds start .. cfg.rounds - 1; returns every round's metrics row."""
@@ -45,6 +51,7 @@ class Trainer(RunSetup):
             print(table(self.rows), flush=True)
             plot_curves(self.out / "curves.png", self.rows)
             self.reporter.event(JobEvent(type="status", status="finished"))
+            print(f"finished: {self.out}; selection report: {self._report_line()}", flush=True)
         return self.rows
 
     def select(self, rnd: int) -> Plan:
@@ -58,6 +65,8 @@ class Trainer(RunSetup):
             rnd,
         )
         if d.is_main:
+            if cfg.source_mode == "selective":
+                self.state.lists.record_round(rnd, self.k.tolist())  # the report redraws every round
             self.selector.select(rnd, self.k, stream_need=len(order) * cfg.source_ratio)
         self.state = self.selector.state = d.broadcast(self.state)
         source = src.pair_sources(self.state, order, self.k, cfg.source_ratio, cfg.seed, rnd)
@@ -182,8 +191,38 @@ class Trainer(RunSetup):
             if self.features is not None and self.features.cached:
                 print(f"feature cache: round {rnd}: {self.features.take_stats().line()}", flush=True)
             save_checkpoint(self.out, self._checkpoint(rnd))
-            self.reporter.event(JobEvent(type="round", round=rnd, metrics=row), keep=True)
+            if cfg.selection_report:
+                self.report = self.write_report(rnd, plan)
+            self.reporter.event(round_event(rnd, row, plan.source_ids()), keep=True)
         self.d.barrier()
+
+    def write_report(self, rnd: int, plan: Plan) -> SelectionReport | None:
+        """selection.html/.png/.json after round ``rnd`` (trainer/round_selection.py); None on failure."""
+        return write_round_report(
+            self.out,
+            rnd,
+            self.state,
+            plan,
+            self.target.train_paths,
+            self.target.train_labels.tolist(),
+            self.target.classes,
+            self._index_classes,
+            self.cache.path if self.cache else (lambda _: None),
+            self.cfg.seed,
+        )
+
+    def _index_classes(self) -> list[str]:
+        if self.index_classes is None:
+            self.index_classes = self.client.index_info().classes
+        return self.index_classes
+
+    def _report_line(self) -> str:
+        if not self.cfg.selection_report:
+            return "off (--no-selection-report)"
+        if self.report is None:
+            return "none (mode none, or not written: see the warnings)"
+        return str(self.report.html)
+
 
 def run(cfg: RunConfig, d: Dist = Dist()) -> list[dict]:
     """Train ``cfg.rounds`` rounds; returns the per-round metrics rows (round, mean_class_acc, top1,

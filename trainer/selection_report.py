@@ -14,6 +14,7 @@ from __future__ import annotations
 import html
 import io
 import json
+import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -71,7 +72,9 @@ def write_selection_report(
     file (a mapping or a callable; None or a missing file shows a placeholder). ``index_class_counts`` (class
     name -> count, or counts in ``index_classes`` order) gives the random-selection baseline; without it the
     baseline is uniform over ``index_classes``, and without those the class mix of the selected sources.
-    The class table uses the last round (the deepest selection).
+    The class table uses the last round (the deepest selection). ``per_class=0`` leaves the per-target part
+    out (sources that are not neighbor lists). ``selection.json`` holds the shares, the baseline and the
+    sampled targets' picks of every round.
     """
     run_dir = Path(run_dir)
     if len(target_paths) != len(target_labels):
@@ -119,8 +122,32 @@ def write_selection_report(
     atomic_write(report.html, html_text)
     summary = {k: v for k, v in asdict(report).items() if k not in ("html", "png", "json")}
     summary |= {"rounds": len(rounds), "targets": len(target_paths), "excluded_ids": excluded}
+    summary["picks"] = _sampled_picks(sample, target_paths, target_labels, target_classes, rounds)
     atomic_write(report.json, json.dumps(summary, indent=1, sort_keys=True))
     return report
+
+
+def _sampled_picks(sample, paths, labels, classes, rounds) -> list[dict]:
+    """The sampled targets' picks of every round, nearest first (a non-finite distance is null)."""
+    return [
+        {
+            "target": i,
+            "path": str(paths[i]),
+            "class_name": classes[labels[i]],
+            "rounds": [
+                [
+                    {
+                        "source_id": p.source_id,
+                        "distance": p.distance if math.isfinite(p.distance) else None,
+                        "class_name": p.class_name,
+                    }
+                    for p in per_target[i]
+                ]
+                for per_target in rounds
+            ],
+        }
+        for i in sample
+    ]
 
 
 def class_shares(
@@ -256,8 +283,9 @@ def _html(
         f"{len(distinct)} distinct sources selected, {len(excluded)} excluded by the leakage guard.</p>",
         "<h2>Source classes per target class</h2>",
         _class_table(shares, baseline, kind),
-        "<h2>Selected sources of sampled target images</h2>",
     ]
+    if sample:  # an empty sample (per_class=0) leaves the per-target part out
+        parts.append("<h2>Selected sources of sampled target images</h2>")
     for i in sample:
         target = _figure(thumbs(f"t{i}.jpg", Path(paths[i])), [classes[labels[i]], Path(paths[i]).name])
         per_round, before = [], set()
