@@ -1,11 +1,12 @@
 """The search engine: FAISS candidates on the Hellinger embedding, then an exact re-rank by the divergence.
 
 Two stages (DESIGN.md "Search engine"): FAISS returns the nearest embeddings (squared weighted Hellinger,
-``ann.py``), the engine computes the requested divergence on the stored float16 histograms of those
-candidates (``services.divergence.paired``) and ranks by (distance, source_id). Windows come from one fixed
-ranked list per query (``ranking.py``), so [0, 10) + [10, 20) == [0, 20) exactly. ``exact=True`` scans every
-stored histogram.
-Distances are always computed on the stored (float16-decoded) histograms, by both paths.
+``ann.py``), the engine computes the requested divergence on the stored histograms (float16 or uint8,
+``store.py``) of those candidates (``services.divergence.paired``) and ranks by (distance, source_id).
+Windows come from one fixed ranked list per query (``ranking.py``), so [0, 10) + [10, 20) == [0, 20)
+exactly. ``exact=True`` scans every stored histogram.
+Distances are always computed on the stored (decoded) histograms, by both paths. The settings (candidate
+index, cells, probes, re-rank depth, store dtype) follow from N by ``tuning.plan`` unless given.
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from retrieval_service.search import ann, ranking, storage
+from retrieval_service.search import ann, ranking, storage, tuning
+from retrieval_service.search.store import HistogramStore, encode, open_store, store_file, write_store
 from services.divergence import METRICS, hellinger_embedding, paired, pairwise, validate_histograms
 from services.errors import DescriptorError, IndexIntegrityError
+from services.fileio import atomic_path, file_sha256
 
-KINDS = ("auto", "flat", "ivf")
-DEFAULT_RERANK_FACTOR = 2  # recall@100 0.999 (flat, N = 200k); 4 bought no recall: bench/results/search.md
+KINDS = tuning.KINDS
+DEFAULT_RERANK_FACTOR = tuning.FLAT_RERANK_FACTOR
 SCAN_BLOCK = 32768  # stored rows per exact-scan block: (nq, 32768) float32 distances at a time
 RERANK_PAIRS = 16384  # (query, candidate) pairs gathered and re-ranked per block
 
@@ -32,7 +35,8 @@ class SearchEngine:
 
     def __init__(self, store: np.ndarray, weights: np.ndarray, index: faiss.Index, *, kind: str,
                  nprobe: int, rerank_factor: int, codec: str, device: str | None = None):
-        self._store = store  # (N, D, B) float16, usually a read-only memory map
+        # (N, D, B) stored histograms, usually a read-only memory map; indexing decodes to float32
+        self._store = store if isinstance(store, HistogramStore) else HistogramStore(np.asarray(store))
         self._weights = np.asarray(weights, dtype=np.float32)
         self._index = ann.CandidateIndex(index, device)
         self._kind = kind
@@ -42,43 +46,32 @@ class SearchEngine:
 
     # ---------------------------------------------------------------- construction
     @classmethod
-    def build(cls, histograms, weights, *, kind: str = "auto", ivf_threshold: int = 50_000,
-              nlist: int | None = None, nprobe: int | None = None,
-              rerank_factor: int = DEFAULT_RERANK_FACTOR, codec: str = "sq8", device: str | None = None,
-              progress: bool = False) -> SearchEngine:
-        """Index (N, D, B) histograms (any float array or memory map) with per-filter ``weights`` (D,).
+    def build(cls, histograms, weights, *, kind: str = "auto", ivf_threshold: int = tuning.IVF_THRESHOLD,
+              nlist: int | None = None, nprobe: int | None = None, rerank_factor: int | None = None,
+              codec: str | None = None, store_dtype=None, directory: str | os.PathLike | None = None,
+              device: str | None = None, progress: bool = False) -> SearchEngine:
+        """Index (N, D, B) histograms (any sliceable float array, memory map or lazy source) with per-filter
+        ``weights`` (D,).
 
-        ``kind="auto"``: flat below ``ivf_threshold`` sources, IVF (``codec`` sq8 or flat) from there on.
+        Settings left as None follow from N (``tuning.plan``). ``directory``: the store is streamed straight
+        into ``directory`` block by block and memory-mapped from there (``save`` into the same directory then
+        writes only the FAISS index and ``engine.json``), so N is bounded by the disk, not the memory;
+        without it the store is held in memory.
         """
-        if kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-        if codec not in ann.CODECS:
-            raise ValueError(f"codec must be one of {ann.CODECS}, got {codec!r}")
-        if rerank_factor < 1:
-            raise ValueError("rerank_factor must be >= 1")
         if getattr(histograms, "ndim", None) != 3:
             shape = getattr(histograms, "shape", "?")
             raise DescriptorError(f"histograms must be (N, D, B), got shape {shape}")
         n, d, b = histograms.shape
         if n >= 2**32:
             raise ValueError("at most 2**32 - 1 sources per engine")
+        p = tuning.plan(n, d, b, kind=kind, codec=codec, nlist=nlist, nprobe=nprobe,
+                        rerank_factor=rerank_factor, store_dtype=store_dtype, ivf_threshold=ivf_threshold)
         weights = np.asarray(weights, dtype=np.float32)
-        store = np.empty((n, d, b), dtype=storage.STORE_DTYPE)
-        for start in range(0, n, 16384):  # validate and narrow chunk by chunk: bounded float64 temporaries
-            block = histograms[start : start + 16384]
-            try:
-                store[start : start + len(block)] = validate_histograms(block, d, b)
-            except DescriptorError as exc:
-                raise DescriptorError(f"rows from {start}: {exc}") from exc
-        if kind == "auto":
-            kind = "ivf" if n >= ivf_threshold else "flat"
-        if kind == "ivf" and n == 0:
-            kind = "flat"
-        nlist = (nlist or ann.default_nlist(n)) if kind == "ivf" else 0
-        nprobe = (nprobe or ann.default_nprobe(nlist)) if kind == "ivf" else 0
-        index = ann.build_index(store, weights, kind, nlist, codec, progress)
-        return cls(store, weights, index, kind=kind, nprobe=nprobe, rerank_factor=rerank_factor,
-                   codec=codec, device=device)
+        store = _store_of(histograms, p.store_dtype, directory)
+        index = ann.build_index(store, weights, p.kind, p.nlist, p.codec, progress)
+        store.release()  # the build read every row: serving maps only the rows it re-ranks
+        return cls(store, weights, index, kind=p.kind, nprobe=p.nprobe, rerank_factor=p.rerank_factor,
+                   codec=p.codec, device=device)
 
     # ---------------------------------------------------------------- properties
     @property
@@ -208,26 +201,30 @@ class SearchEngine:
 
     # ---------------------------------------------------------------- persistence
     def save(self, directory: str | os.PathLike) -> dict[str, str]:
-        """Write ``histograms.f16``, ``embedding.faiss`` and ``engine.json`` into an existing directory.
+        """Write the store (``histograms.f16`` or ``.u8``), ``embedding.faiss`` and ``engine.json`` into an
+        existing directory. A store built into this directory (``build(directory=...)``) is not rewritten.
 
         Returns {filename: sha256}. Each file is written under a temporary name and renamed.
         """
         directory = Path(directory)
         if not directory.is_dir():
             raise FileNotFoundError(f"not a directory: {directory}")
-        store_path = directory / storage.HISTOGRAMS_FILE
-        sums = {storage.HISTOGRAMS_FILE: storage.write_histograms(store_path, self._store)}
-        tmp = directory / (storage.EMBEDDING_FILE + ".tmp")
-        faiss.write_index(self._index.cpu, str(tmp))
-        os.replace(tmp, directory / storage.EMBEDDING_FILE)
-        sums[storage.EMBEDDING_FILE] = storage.file_sha256(directory / storage.EMBEDDING_FILE)
+        name = store_file(self._store.dtype)
+        built_here = self._store.path is not None and self._store.path == (directory / name).absolute()
+        if built_here and self._store.sha256:
+            sums = {name: self._store.sha256}
+        else:
+            sums = {name: write_store(directory / name, self._store.raw, self._store.dtype)}
+        with atomic_path(directory / storage.EMBEDDING_FILE) as tmp:
+            faiss.write_index(self._index.cpu, str(tmp))
+        sums[storage.EMBEDDING_FILE] = file_sha256(directory / storage.EMBEDDING_FILE)
         fields = {
             "format": storage.ENGINE_FORMAT,
             "size": self.size, "dim": self.dim, "bins": self.bins,
             "kind": self.kind, "codec": self.codec, "nlist": self.nlist, "nprobe": self.nprobe,
             "rerank_factor": self.rerank_factor, "bucket_base": ranking.BUCKET_BASE,
             "weights": [float(x) for x in self._weights],
-            "histogram_dtype": storage.STORE_DTYPE.str,
+            "histogram_dtype": self._store.dtype.str,
             "checksums": dict(sums),
         }
         sums[storage.ENGINE_FILE] = storage.write_engine_json(directory / storage.ENGINE_FILE, fields)
@@ -246,11 +243,13 @@ class SearchEngine:
             weights = np.asarray(meta["weights"], dtype=np.float32)
             kind, codec = str(meta["kind"]), str(meta["codec"])
             nprobe, rerank_factor = int(meta["nprobe"]), int(meta["rerank_factor"])
+            dtype = np.dtype(meta.get("histogram_dtype", "<f2"))
+            name = store_file(dtype)
         except (KeyError, TypeError, ValueError) as exc:
             raise IndexIntegrityError(f"{directory / storage.ENGINE_FILE}: invalid field {exc}") from exc
         if verify:
             storage.verify_files(directory, checksums)
-        store = storage.open_histograms(directory / storage.HISTOGRAMS_FILE, shape, mmap=mmap)
+        store = open_store(directory / name, shape, dtype, mmap_file=mmap)
         path = directory / storage.EMBEDDING_FILE
         if not path.is_file():
             raise IndexIntegrityError(f"index file missing: {path}")
@@ -265,3 +264,26 @@ class SearchEngine:
             )
         return cls(store, weights, index, kind=kind, nprobe=nprobe, rerank_factor=rerank_factor,
                    codec=codec, device=device)
+
+
+def _store_of(histograms, dtype, directory) -> HistogramStore:
+    """Validate ``histograms`` block by block into a store of ``dtype``: a file in ``directory`` (memory-
+    mapped), or an in-memory array. Bounded temporaries either way."""
+    n, d, b = histograms.shape
+
+    def prepare(block, start):
+        try:
+            return validate_histograms(block, d, b)
+        except DescriptorError as exc:
+            raise DescriptorError(f"rows from {start}: {exc}") from exc
+
+    if directory is not None:
+        path = (Path(directory) / store_file(dtype)).absolute()
+        sha = write_store(path, histograms, dtype, prepare)
+        stored = open_store(path, (n, d, b), dtype)
+        stored.sha256 = sha
+        return stored
+    raw = np.empty((n, d, b), dtype=dtype)
+    for start in range(0, n, 16384):
+        raw[start : start + 16384] = encode(prepare(histograms[start : start + 16384], start), dtype)
+    return HistogramStore(raw)
