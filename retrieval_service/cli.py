@@ -106,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int)
     serve.add_argument("--redis-url")
     serve.add_argument("--device", help="cpu or cuda")
+    serve.add_argument(
+        "--workers", type=_positive, help="worker processes sharing the memory-mapped index (default 1)"
+    )
     return parser
 
 
@@ -162,6 +165,7 @@ def _serve(args: argparse.Namespace) -> int:
         "port": args.port,
         "redis_url": args.redis_url,
         "device": args.device,
+        "workers": args.workers,
     }
     serve(**{key: value for key, value in overrides.items() if value is not None})
     return 0

@@ -147,6 +147,16 @@ class Settings(BaseSettings):
         description="A finished or failed job is kept this long in Redis (running jobs never expire).",
     )
     device: str = Field("cpu", description="cpu or cuda: descriptor extraction and search.")
+    workers: int = Field(
+        1,
+        ge=1,
+        description="uvicorn worker processes; they share the memory-mapped index (page cache) and Redis.",
+    )
+    gpu_worker_copies: bool = Field(
+        False,
+        description="Allow device cuda with workers > 1: each worker then loads its own copy of the index "
+        "onto the GPU (refused by default).",
+    )
     source_root: Path | None = Field(
         None,
         description="Corpus root if it moved since the build (manifest paths are relative to it).",
