@@ -62,7 +62,8 @@ def pq_nlist(n: int) -> int:
 
 
 def pq_nprobe(nlist: int) -> int:
-    return min(nlist, max(PQ_MIN_NPROBE, math.ceil(nlist / 32)))
+    """1/16 of the cells, at least 24: at 10 M, 33 probes (1/32) gave recall@100 0.987, 66 gave 0.993."""
+    return min(nlist, max(PQ_MIN_NPROBE, math.ceil(nlist / 16)))
 
 
 def plan(n: int, d: int, b: int, *, kind: str = "auto", codec: str | None = None, nlist: int | None = None,

@@ -26,9 +26,9 @@ D, B = 48, 16
         (200_000, "ivf", "sq8", 1789, 112, 2, "<f2"),  # 4 sqrt(N) cells, 1/16 probed
         (999_999, "ivf", "sq8", 4000, 250, 2, "<f2"),
         (1_000_000, "ivf", "pq", 333, 24, 16, "<f2"),  # PQ tier: sqrt(N) / 3 cells, deeper re-rank
-        (2_796_202, "ivf", "pq", 557, 24, 16, "<f2"),  # the largest float16 store under 4 GiB
-        (2_796_203, "ivf", "pq", 557, 24, 16, "|u1"),
-        (10_000_000, "ivf", "pq", 1054, 33, 16, "|u1"),
+        (2_796_202, "ivf", "pq", 557, 35, 16, "<f2"),  # the largest float16 store under 4 GiB
+        (2_796_203, "ivf", "pq", 557, 35, 16, "|u1"),
+        (10_000_000, "ivf", "pq", 1054, 66, 16, "|u1"),
     ],
 )
 def test_plan_follows_corpus_size(n, kind, codec, nlist, nprobe, rerank, dtype):
