@@ -1,10 +1,7 @@
-"""The engine's files: the float16 histogram store (raw, memory-mapped), checksums, and ``engine.json``.
+"""The engine's files besides the histogram store (``store.py``): names, checksums, and ``engine.json``.
 
-``histograms.f16`` is the (N, D, B) array as raw little-endian IEEE half floats, no header: its shape lives
-in ``engine.json``. float16 keeps 11 significant bits (relative error <= 4.9e-4 per bin, subnormals down to
-6e-8), half the bytes of float32; the engine computes every distance on these stored values, so results are
-reproducible from the file alone. A raw file maps straight into memory, so several service processes share
-one copy in the page cache and start without reading it.
+``engine.json`` holds the shape, dtype and checksums of the raw store file, the FAISS index parameters and the
+weights, with a self-checksum over its fields.
 """
 
 from __future__ import annotations
@@ -15,54 +12,13 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-import numpy as np
-
 from services.errors import IndexIntegrityError
-from services.fileio import atomic_write, atomic_writer, file_sha256
+from services.fileio import atomic_write, file_sha256
 
-HISTOGRAMS_FILE = "histograms.f16"
+HISTOGRAMS_FILE = "histograms.f16"  # a float16 store; uint8 stores are histograms.u8 (store.py)
 EMBEDDING_FILE = "embedding.faiss"
 ENGINE_FILE = "engine.json"
-STORE_DTYPE = np.dtype("<f2")
 ENGINE_FORMAT = 1
-
-
-def write_histograms(path: str | os.PathLike, histograms, chunk: int = 65536) -> str:
-    """Write (N, D, B) histograms (any float array or memmap) as raw float16; returns the file's SHA-256.
-
-    Written to a temporary name and renamed, so a reader (or a memory map of the previous file) never sees a
-    half-written store.
-    """
-    digest = hashlib.sha256()
-    with atomic_writer(path) as fh:
-        for start in range(0, len(histograms), chunk):
-            block = np.ascontiguousarray(histograms[start : start + chunk], dtype=STORE_DTYPE).tobytes()
-            digest.update(block)
-            fh.write(block)
-    return digest.hexdigest()
-
-
-def open_histograms(path: str | os.PathLike, shape: tuple[int, int, int], mmap: bool = True) -> np.ndarray:
-    """The stored (N, D, B) float16 array, memory-mapped read-only (or read into RAM with ``mmap=False``).
-
-    A missing file or one whose size does not match ``shape`` raises ``IndexIntegrityError``.
-    """
-    path = Path(path)
-    expected = int(np.prod(shape)) * STORE_DTYPE.itemsize
-    try:
-        actual = path.stat().st_size
-    except FileNotFoundError as exc:
-        raise IndexIntegrityError(f"histogram store missing: {path}") from exc
-    if actual != expected:
-        raise IndexIntegrityError(
-            f"histogram store {path} has {actual} bytes, expected {expected} for shape {shape} "
-            "(truncated or from another index)"
-        )
-    if shape[0] == 0:
-        return np.zeros(shape, dtype=STORE_DTYPE)
-    if mmap:
-        return np.memmap(path, dtype=STORE_DTYPE, mode="r", shape=shape)
-    return np.fromfile(path, dtype=STORE_DTYPE).reshape(shape)
 
 
 def _canonical(fields: Mapping) -> bytes:
