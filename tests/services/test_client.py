@@ -9,7 +9,7 @@ import tarfile
 import httpx
 import pytest
 
-from services.client import RetrievalClient, ServiceError, ServiceUnavailableError
+from services.client import ClientError, RetrievalClient, ServiceUnavailableError
 from services.schemas import Query
 
 NEIGHBOR = {"source_id": 1, "distance": 0.5, "label": 0, "class_name": "a"}
@@ -81,7 +81,7 @@ def test_other_errors_are_not_retried_and_keep_the_service_error_body():
         )
 
     client, slept = client_for(handler)
-    with pytest.raises(ServiceError) as info:
+    with pytest.raises(ClientError) as info:
         client.index_info()
     assert len(calls) == 1 and not slept
     assert (info.value.status, info.value.code, info.value.details) == (422, "invalid_k", [1])
