@@ -47,3 +47,15 @@ def texture_tree(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("textures")
     write_image_folder(root, per_class=8, size=48, seed=0)
     return root
+
+
+@pytest.fixture(scope="session")
+def resnet18_weights(tmp_path_factory) -> Path:
+    """A fresh resnet18 state dict made with seed 0 (never downloaded): conv-bank specs and frozen trunks."""
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "resnet18.pt"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
+    return path
