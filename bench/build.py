@@ -4,7 +4,7 @@ Reference (measured in the same run): the naive pipeline, one image at a time in
 then ``DescriptorExtractor.histograms`` on a batch of 1), over the first ``--reference-images`` candidates
 with the index's own spec. The ratio is build extraction images/s over naive images/s.
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/build.py --source /work/shared/data/cifar100/train \\
+    OMP_NUM_THREADS=1 .venv/bin/python bench/build.py --source ../shared/data/cifar100/train \\
         --out bench_out/cifar100-gabor [--limit 1000] [--workers 1]
 
 ``--limit N`` indexes a copy of the first N / classes images of every class (a quick run); without it the

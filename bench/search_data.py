@@ -12,7 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-CIFAR = Path("/work/shared/data/cifar100/train")
+# The shared data beside the project (../shared/data from the project root), never a machine path.
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+CIFAR = SHARED_DATA / "cifar100" / "train"
 
 
 def cifar_files(n: int) -> list[Path]:

@@ -8,7 +8,7 @@ Measures (a real server subprocess on loopback, real Redis):
 5. for every Imagewoof training image, its top-50 neighbors in the CIFAR-100 index: which source classes win.
 
     .venv/bin/python bench/service.py --cifar-index bench_out/cifar100-gabor \\
-        --woof-index bench_out/imagewoof-train-gabor64 --woof-dir /work/shared/data/imagewoof/train
+        --woof-index bench_out/imagewoof-train-gabor64 --woof-dir ../shared/data/imagewoof/train
 """
 
 from __future__ import annotations
@@ -225,7 +225,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cifar-index", type=Path, required=True)
     ap.add_argument("--woof-index", type=Path, required=True)
-    ap.add_argument("--woof-dir", type=Path, default=Path("/work/shared/data/imagewoof/train"))
+    ap.add_argument("--woof-dir", type=Path, default=REPO.parent / "shared" / "data" / "imagewoof" / "train")
     ap.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--seconds", type=float, default=10.0, help="duration of the concurrency run")
