@@ -17,6 +17,7 @@ import os
 import uvicorn
 
 from retrieval_service.api.app import create_app
+from retrieval_service.api.protocol import HeadTimeoutH11Protocol
 from retrieval_service.api.settings import Settings, SettingsError, load_settings
 
 WORKER_APP = "retrieval_service.api.server:worker_app"
@@ -73,7 +74,9 @@ def worker_env(overrides: dict) -> dict[str, str]:
 
 def worker_app():
     """The app of one worker process (uvicorn factory): settings from the environment only."""
-    return WorkerHeader(create_app(load_settings()))
+    settings = load_settings()
+    HeadTimeoutH11Protocol.head_timeout_s = settings.header_timeout_s  # this process's connections
+    return WorkerHeader(create_app(settings))
 
 
 def serve(**overrides) -> None:
@@ -100,6 +103,7 @@ def serve(**overrides) -> None:
         app, factory = WORKER_APP, True
     else:
         app, factory = WorkerHeader(create_app(settings)), False
+    HeadTimeoutH11Protocol.head_timeout_s = settings.header_timeout_s
     uvicorn.run(
         app,
         factory=factory,
@@ -108,8 +112,9 @@ def serve(**overrides) -> None:
         port=settings.port,
         log_level=settings.log_level,
         access_log=False,
-        # Idle keep-alive connections are closed; request headers are capped at 64 KiB. A body that stalls is
-        # the BodyTimeout middleware's (408).
+        # Idle keep-alive connections are closed; a request head is capped at 64 KiB and must arrive within
+        # header_timeout_s (protocol.py). A body that stalls is the BodyTimeout middleware's (408).
+        http=HeadTimeoutH11Protocol,
         timeout_keep_alive=settings.keep_alive_s,
         h11_max_incomplete_event_size=64 * 1024,
     )

@@ -81,6 +81,11 @@ class Settings(BaseSettings):
         gt=0,
         description="Longest time to receive a whole request body -> 408 (slow or stalled clients).",
     )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Longest time to receive a request's line and headers; the connection is then closed.",
+    )
     keep_alive_s: int = Field(
         5,
         ge=1,

@@ -21,10 +21,12 @@ from tests.retrieval.live_server import REPO, build_test_index, live_server, sha
 TOKEN = "tok-" + uuid.uuid4().hex[:8]
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 BODY_TIMEOUT_S = 1.0
+HEADER_TIMEOUT_S = 1.5
 ENV = {
     "SJFT_API_TOKENS": TOKEN,
     "SJFT_AUTH_FAILURES_PER_MINUTE": "3",
     "SJFT_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S),
+    "SJFT_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
     "SJFT_MAX_QUERIES_PER_REQUEST": "3",
 }
 
@@ -195,6 +197,50 @@ def test_a_trickling_body_is_cut_at_the_deadline(server):
     finally:
         sock.close()
     assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
+
+
+def test_a_trickling_request_head_is_closed_at_the_header_deadline(server, http):
+    base, _ = server
+    sock = raw_request(base, "GET /v1/index HTTP/1.1\r\nHost: x\r\n")  # the head never ends
+    closed, started = False, time.monotonic()
+    try:
+        while time.monotonic() - started < HEADER_TIMEOUT_S + 5:
+            try:
+                sock.sendall(b"X-Slow: 1\r\n")  # a header line now and then: data keeps arriving
+            except OSError:
+                closed = True
+                break
+            assert http.get("/v1/index").status_code == 200  # the server keeps serving others meanwhile
+            sock.settimeout(0.3)
+            try:
+                if sock.recv(65536) == b"":
+                    closed = True
+                    break
+            except TimeoutError:
+                continue
+            except OSError:
+                closed = True
+                break
+    finally:
+        sock.close()
+    waited = time.monotonic() - started
+    assert closed, f"a request head trickled for {waited:.1f} s and the connection stayed open"
+    assert HEADER_TIMEOUT_S - 0.5 < waited < HEADER_TIMEOUT_S + 5
+
+
+def test_a_keep_alive_connection_still_serves_requests_within_the_header_deadline(server):
+    import http.client
+
+    host, port = address(server[0])
+    conn = http.client.HTTPConnection(host, port, timeout=10)
+    try:
+        for _ in range(3):  # three requests on one connection; the head deadline re-arms after each response
+            conn.request("GET", "/healthz")
+            response = conn.getresponse()
+            assert response.status == 200 and response.read() == b'{"status":"alive"}'
+            time.sleep(HEADER_TIMEOUT_S / 3)  # idle between requests, within both deadlines
+    finally:
+        conn.close()
 
 
 # ---------------------------------------------------------------- one query limit for JSON and uploads
