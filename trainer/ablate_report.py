@@ -38,7 +38,9 @@ def markdown(result: dict) -> str:
 
 
 def plot(result: dict, out_png: Path) -> Path:
-    """Bar per row at its mean, error bar = Student-t 95 % half-width, one dot per seed."""
+    """A point per row at its mean with the Student-t 95 % interval, one dot per seed. Points, not bars: the
+    y axis fits the data, so differences of a few tenths of a point stay visible (a bar would have to start
+    at 0)."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display in containers or CI
@@ -49,10 +51,12 @@ def plot(result: dict, out_png: Path) -> Path:
     xs = list(range(len(rows)))
     means = [100 * s["mean"] for s in rows]
     errors = [0.0 if s["ci95"] is None else 100 * s["ci95"] for s in rows]
-    ax.bar(xs, means, yerr=errors, capsize=6, color="#9ecae1", edgecolor="#3182bd", label="mean ± 95 % CI")
+    ax.errorbar(
+        xs, means, yerr=errors, fmt="s", markersize=9, capsize=8, color="#3182bd", label="mean ± 95 % CI"
+    )
     for x, s in zip(xs, rows, strict=True):
         runs = s["runs"]
-        jitter = [x + 0.12 * (i - (len(runs) - 1) / 2) / max(1, len(runs)) for i in range(len(runs))]
+        jitter = [x + 0.25 + 0.3 * i / max(1, len(runs)) for i in range(len(runs))]  # beside the mean
         ax.scatter(jitter, [100 * v for v in runs], color="black", s=14, zorder=3)
     ax.set_xticks(xs, [s["row"] for s in rows], rotation=20)
     ax.set_ylabel(f"val {result['metric']} (%)")
