@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from services.fileio import atomic_writer
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -31,13 +32,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def save_checkpoint(out: Path, state: dict[str, Any]) -> Path:
     """torch.save to a temporary file in ``out`` and rename: a kill never leaves a half-written checkpoint."""
     path = out / CHECKPOINT
-    tmp = out / f"{CHECKPOINT}.{os.getpid()}.tmp"  # torch's zip writer refuses some mkstemp names
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_writer(path) as f:  # a file object: torch's zip writer never sees the temporary name
+        torch.save(state, f)
     return path
 
 

@@ -6,7 +6,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from services.fileio import atomic_write
+from services.fileio import atomic_write, atomic_writer
 
 LINE_FIELDS = (
     ("round", "{:d}"),
@@ -62,7 +62,6 @@ def plot_curves(path: Path, rows: Sequence[dict]) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp)
+    with atomic_writer(path) as f:
+        fig.savefig(f, format="png")
     plt.close(fig)
-    tmp.replace(path)
