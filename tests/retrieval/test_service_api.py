@@ -14,7 +14,7 @@ import pytest
 
 from retrieval_service.index.manifest import Manifest
 from services.spec import DescriptorSpec
-from tests.retrieval.live_server import build_test_index, live_server, shared_index_root
+from tests.retrieval.live_server import live_server
 
 TOKEN = "tok-" + uuid.uuid4().hex[:8]
 LIMITS = {
@@ -24,11 +24,6 @@ LIMITS = {
     "SJFT_MAX_IMAGE_PIXELS": str(4_000_000),
     "SJFT_MAX_STREAM_IDS": "100",
 }
-
-
-@pytest.fixture(scope="module")
-def index_dir(tmp_path_factory) -> Path:
-    return build_test_index(shared_index_root(tmp_path_factory))
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import hashlib
 import logging
 import uuid
 from collections import Counter
-from pathlib import Path
 
 import httpx
 import pytest
@@ -16,14 +15,9 @@ from retrieval_service.index.manifest import Manifest
 from services.client import RetrievalClient, ServiceUnavailableError
 from services.schemas import Query
 from tests.conftest import free_port
-from tests.retrieval.live_server import build_test_index, live_server, shared_index_root
+from tests.retrieval.live_server import live_server
 
 TOKEN = "tok-" + uuid.uuid4().hex[:8]
-
-
-@pytest.fixture(scope="module")
-def index_dir(tmp_path_factory) -> Path:
-    return build_test_index(shared_index_root(tmp_path_factory))
 
 
 @pytest.fixture(scope="module")

@@ -9,21 +9,15 @@ import json
 import struct
 import uuid
 import zlib
-from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.retrieval.live_server import build_test_index, live_server, shared_index_root
+from tests.retrieval.live_server import live_server
 
 MAX_BODY = 2 * 1024 * 1024
-
-
-@pytest.fixture(scope="module")
-def index_dir(tmp_path_factory) -> Path:
-    return build_test_index(shared_index_root(tmp_path_factory))
 
 
 @pytest.fixture(scope="module")

@@ -10,13 +10,12 @@ import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.conftest import free_port
-from tests.retrieval.live_server import REPO, build_test_index, live_server, shared_index_root
+from tests.retrieval.live_server import REPO, live_server
 
 TOKEN = "tok-" + uuid.uuid4().hex[:8]
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -29,11 +28,6 @@ ENV = {
     "SJFT_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
     "SJFT_MAX_QUERIES_PER_REQUEST": "3",
 }
-
-
-@pytest.fixture(scope="module")
-def index_dir(tmp_path_factory) -> Path:
-    return build_test_index(shared_index_root(tmp_path_factory))
 
 
 @pytest.fixture(scope="module")

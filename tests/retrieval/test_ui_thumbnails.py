@@ -20,14 +20,9 @@ from retrieval_service.api.thumbnails import (
 )
 from retrieval_service.index.manifest import Manifest
 from services.errors import ImageDecodeError
-from tests.retrieval.live_server import build_test_index, live_server, shared_index_root
+from tests.retrieval.live_server import live_server
 
 TOKEN = "ui-" + uuid.uuid4().hex[:8]
-
-
-@pytest.fixture(scope="module")
-def index_dir(tmp_path_factory) -> Path:
-    return build_test_index(shared_index_root(tmp_path_factory))
 
 
 @pytest.fixture(scope="module")
