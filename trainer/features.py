@@ -35,6 +35,7 @@ from services.fileio import atomic_write, file_sha256
 from trainer.augment import UNIFORMS
 from trainer.config import RunConfig
 from trainer.data import ImageStore, normalise
+from trainer.plan import generator_for
 
 FORMAT = 1  # bump when the meaning of a cached view changes (augment.py, data.py decoding)
 
@@ -58,9 +59,7 @@ def model_key(cfg: RunConfig, norm: Normalization) -> tuple[str, dict]:
 
 def view_uniforms(image_key: str, view: int) -> torch.Tensor:
     """(5,) augmentation uniforms of training view ``view`` of an image: seeded by (image key, view) only."""
-    digest = hashlib.sha256(f"{image_key}:view:{view}".encode()).digest()
-    gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
-    return torch.rand(UNIFORMS, generator=gen)
+    return torch.rand(UNIFORMS, generator=generator_for(f"{image_key}:view:{view}"))
 
 
 def view_indices(u: torch.Tensor, views: int) -> torch.Tensor:

@@ -30,10 +30,15 @@ import torch
 TARGET_EPOCH, SOURCE_CYCLE, AUGMENT, POOL, STREAM = range(5)
 
 
+def generator_for(name: str) -> torch.Generator:
+    """A torch generator seeded by the sha256 of ``name``: independent streams for distinct names."""
+    digest = hashlib.sha256(name.encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+
+
 def seeded(seed: int, rnd: int, purpose: int, index: int = 0) -> torch.Generator:
     """A generator for (seed, round, purpose, index), independent of every other such tuple."""
-    digest = hashlib.sha256(f"{seed}:{rnd}:{purpose}:{index}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+    return generator_for(f"{seed}:{rnd}:{purpose}:{index}")
 
 
 def seed_int(seed: int, rnd: int, purpose: int, index: int = 0) -> int:
