@@ -113,6 +113,12 @@ def _freeze_flags(p: argparse.ArgumentParser, d: RunConfig) -> None:
         "torchvision ResNet: conv1, bn1, relu, maxpool, layer1 .. layer4",
     )
     p.add_argument(
+        "--reinit-tail", action="store_true",
+        help="with --weights: the layers after --freeze-until (all layers without it) start from a fresh "
+        "init instead of the pretrained weights; the frozen trunk keeps them. Emulates a backbone whose "
+        "top layers never learnt the target's classes",
+    )
+    p.add_argument(
         "--feature-cache", dest="feature_cache", action="store_true", default=None,
         help="with --freeze-until (the default there): cache the trunk's output per (image, view) as float16 "
         "under <cache-dir>/features/<model key>/, shared by every run and seed of the same model",

@@ -59,6 +59,7 @@ class RunConfig:
     probe_steps: int = 0  # LP-FT: the first N steps train the heads only
     train_layers: str = "all"  # head: linear probe, backbone frozen
     freeze_until: str | None = None  # frozen trunk up to and including this module (trainer/model.py)
+    reinit_tail: bool = False  # the layers after freeze_until start from a fresh init (trainer/model.py)
     feature_cache: bool | None = None  # cache trunk outputs (trainer/features.py); None: on with freeze_until
     views: int = 4  # per image with a frozen trunk: view 0 = centre crop, 1..V-1 = fixed random crops
     feature_memory_mb: int = 1024  # in-memory LRU in front of the on-disk feature cache
@@ -113,6 +114,10 @@ class RunConfig:
             (
                 not (self.feature_cache and self.freeze_until is None),
                 "--feature-cache needs --freeze-until (only a frozen trunk's outputs can be cached)",
+            ),
+            (
+                not (self.reinit_tail and self.weights is None),
+                "--reinit-tail needs --weights (without them every layer starts from a fresh init anyway)",
             ),
             (self.leak_threshold >= 0 and self.leak_k >= 1, "--leak-threshold >= 0 and --leak-k >= 1"),
             (self.max_per_source is None or self.max_per_source >= 1, "--max-per-source must be >= 1"),

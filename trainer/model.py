@@ -146,6 +146,16 @@ def split_backbone(net: nn.Module, freeze_until: str | None) -> tuple[nn.Sequent
     return trunk, nn.Sequential(*(m for _, m in stages[cut:]))
 
 
+def reinitialise(module: nn.Module) -> None:
+    """Every layer of ``module`` back to its fresh init (PyTorch's ``reset_parameters``; BatchNorm: unit
+    scale, zero shift, fresh running statistics). Used by --reinit-tail: the pretrained trunk stays, the top
+    layers forget what they learnt about ImageNet's classes, as for a target whose classes the backbone never
+    saw."""
+    for m in module.modules():
+        if hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+
+
 class _Split:
     """Holds trunk and tail outside nn.Module registration: they share the backbone's modules, and
     registering them would add second names for the same tensors to the state dict."""
@@ -175,6 +185,7 @@ class JointModel(nn.Module):
         n_source: int = 1,
         weights: str | None = None,
         freeze_until: str | None = None,
+        reinit_tail: bool = False,
     ):
         super().__init__()
         self.backbone, width = build_backbone(arch)
@@ -186,6 +197,8 @@ class JointModel(nn.Module):
         if freeze_until is not None:
             check_freeze_point(arch, freeze_until)
         self._split = _Split(*split_backbone(self.backbone, freeze_until))
+        if reinit_tail:
+            reinitialise(self.tail)
         self.target_head = new_head(width, n_target)
         self.source_head = new_head(width, max(1, n_source))
 

@@ -95,7 +95,9 @@ class RunSetup:
     def _build_model(self) -> None:
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
-        self.model = JointModel(cfg.arch, len(self.target.classes), 1, cfg.weights, cfg.freeze_until)
+        self.model = JointModel(
+            cfg.arch, len(self.target.classes), 1, cfg.weights, cfg.freeze_until, cfg.reinit_tail
+        )
         if cfg.train_layers == "head":
             self.model.backbone.requires_grad_(False)  # a linear probe: no backbone gradients at all
         self.model.to(self.device)

@@ -80,6 +80,23 @@ def test_cached_features_give_the_live_trunks_logits(small_target: Path, tmp_pat
     assert second.stats.forwards == 0 and second.stats.disk_hits == 6
 
 
+def test_reinit_tail_keeps_the_pretrained_trunk_and_gives_the_tail_a_fresh_seeded_init(weights: Path):
+    pretrained = torch.load(weights)
+    torch.manual_seed(3)
+    model = JointModel("resnet18", 3, weights=str(weights), freeze_until="layer2", reinit_tail=True)
+    torch.manual_seed(3)
+    again = JointModel("resnet18", 3, weights=str(weights), freeze_until="layer2", reinit_tail=True)
+    state = model.backbone.state_dict()
+    for key in ("conv1.weight", "layer2.1.conv2.weight", "layer2.1.bn2.running_var"):
+        assert torch.equal(state[key], pretrained[key])  # the trunk keeps the weights
+    for key in ("layer3.0.conv1.weight", "layer4.1.conv2.weight"):
+        assert not torch.allclose(state[key], pretrained[key])  # the tail forgets them ...
+        assert torch.equal(state[key], again.backbone.state_dict()[key])  # ... for a seeded fresh init
+    bn = model.backbone.layer4[1].bn2
+    assert torch.equal(bn.weight, torch.ones_like(bn.weight))
+    assert torch.equal(bn.running_var, torch.ones_like(bn.running_var))
+
+
 def test_views_depend_on_the_image_only_and_runs_pick_them_by_seed(small_target: Path):
     store = ImageStore(32)
     paths = load_target(small_target, store).train_paths[:2]
@@ -151,6 +168,7 @@ def test_resume_after_kill_9_with_the_feature_cache_ends_as_uninterrupted(
         (["--arch", "squeezenet1_0", "--freeze-until", "features"], "cannot split squeezenet1_0"),
         (["--feature-cache"], "--feature-cache needs --freeze-until"),
         (["--freeze-until", "layer1", "--views", "0"], "--views must be >= 1"),
+        (["--freeze-until", "layer1", "--reinit-tail"], "--reinit-tail needs --weights"),
     ],
 )
 def test_bad_freeze_flags_exit_2_with_one_line(small_target, tmp_path, capsys, flags, says):
