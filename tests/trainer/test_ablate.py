@@ -97,3 +97,35 @@ def test_tiny_ablation_end_to_end_and_resume(service, small_target, tmp_path, ca
     capsys.readouterr()
     assert main(argv) == 0
     assert json.loads((out / "ablation.json").read_text())["rows"] == result["rows"]
+
+
+def _result(seeds: list[int], values: dict[str, list[float]], **config) -> dict:
+    cfg = RunConfig("t", "http://x", "o").to_dict() | config
+    cells = [{"row": row, "seed": s, "value": v, "wall_s": 1.0} for row, vs in values.items()
+             for s, v in zip(seeds, vs, strict=True)]
+    return {"command": f"ablate {seeds}", "interval": "t", "cells": cells, "config": cfg}
+
+
+def test_merging_ablations_pools_the_seeds_and_refuses_a_different_recipe(tmp_path):
+    from bench.ablation_merge import main as merge_main
+
+    a = _result([0, 1], {"random": [0.2, 0.3], "selective": [0.25, 0.31]}, out="a", workers=2)
+    b = _result([2], {"random": [0.4], "selective": [0.44]}, out="b", workers=0)  # free fields may differ
+    paths = []
+    for name, result in (("a", a), ("b", b), ("a_again", a)):
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(result))
+    assert merge_main([str(tmp_path / "m"), *map(str, paths)]) == 0
+    merged = json.loads((tmp_path / "m" / "ablation.json").read_text())
+    assert merged["seeds"] == [0, 1, 2]
+    (diff,) = merged["paired"]
+    assert diff["diffs"] == pytest.approx([0.05, 0.01, 0.04])
+    assert {r["row"]: r["runs"] for r in merged["rows"]}["random"] == pytest.approx([0.2, 0.3, 0.4])
+    assert (tmp_path / "m" / "ablation.png").is_file()
+
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(_result([3], {"random": [0.1]}, lr=0.5)))
+    assert merge_main([str(tmp_path / "m2"), str(paths[0]), str(other)]) == 2
+    clash = tmp_path / "clash.json"
+    clash.write_text(json.dumps(_result([0], {"random": [0.9]})))
+    assert merge_main([str(tmp_path / "m3"), str(paths[0]), str(clash)]) == 2
