@@ -39,6 +39,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.search_data import ReplicatedCorpus, real_descriptors  # noqa: E402
+from retrieval_service.search import ann, tuning  # noqa: E402
 from retrieval_service.search import store as store_mod  # noqa: E402
 from retrieval_service.search.engine import SearchEngine  # noqa: E402
 from services.divergence import hellinger_embedding, pairwise  # noqa: E402
@@ -104,16 +105,52 @@ def recall(ids: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(np.intersect1d(a[a >= 0], b)) / k for a, b in zip(ids, truth, strict=True)]))
 
 
+def build_key(n: int, d: int, b: int, args) -> tuple[dict, dict]:
+    """What an engine directory was built from: (store key, index key). The store depends on the data
+    only; the index on the settings ``tuning.plan`` picks (or the overrides) and ``ann``'s constants."""
+    p = tuning.plan(n, d, b, codec=args.codec, nlist=args.nlist)
+    store_key = dict(n=n, seed=args.seed, real=args.real, size=args.size, store=p.store_dtype.str)
+    return store_key, dict(kind=p.kind, codec=p.codec, nlist=p.nlist, **ann.index_settings(p.codec))
+
+
+def open_or_build(n: int, base: np.ndarray, w: np.ndarray, out_dir: Path, args) -> tuple[SearchEngine, float,
+                                                                                          str]:
+    """The engine for N in ``out_dir``: reused when ``scale-key.json`` matches (``--rebuild`` forces a new
+    one), re-indexed over the kept store when only the index settings differ, else built from scratch.
+    Returns (engine, build seconds as recorded when it was built, how it was obtained)."""
+    store_key, index_key = build_key(n, *base.shape[1:], args)
+    key_file = out_dir / "scale-key.json"
+    old = json.loads(key_file.read_text()) if key_file.exists() and not args.rebuild else {}
+    if old.get("store") == store_key and old.get("index") == index_key and (out_dir / "engine.json").exists():
+        return SearchEngine.load(out_dir, verify=False), old["build_s"], "reused"
+    dtype = np.dtype(store_key["store"])
+    store_path = out_dir / store_mod.store_file(dtype)
+    started = time.perf_counter()
+    if old.get("store") == store_key and store_path.exists():
+        source, how, build_s = store_mod.open_store(store_path, (n, *base.shape[1:]), dtype), "re-indexed", \
+            old["store_s"]
+    else:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        out_dir.mkdir(parents=True)
+        source, how, build_s = ReplicatedCorpus(base, n, seed=args.seed), "built", None
+    engine = SearchEngine.build(source, w, directory=out_dir, codec=args.codec, nlist=args.nlist)
+    engine.save(out_dir)
+    index_s = time.perf_counter() - started
+    store_s = build_s if build_s is not None else index_s  # a fresh build: store and index in one figure
+    build_s = index_s if how == "built" else store_s + index_s
+    key_file.write_text(json.dumps(dict(store=store_key, index=index_key, build_s=build_s, store_s=store_s)))
+    return engine, build_s, how
+
+
 def measure(n: int, base: np.ndarray, w: np.ndarray, queries: np.ndarray, args) -> dict:
     """Everything for one N (runs in a child process)."""
     out_dir = args.out / f"scale-{n}"
-    shutil.rmtree(out_dir, ignore_errors=True)
-    out_dir.mkdir(parents=True)
-    corpus = ReplicatedCorpus(base, n, seed=args.seed)
-    started = time.perf_counter()
-    engine = SearchEngine.build(corpus, w, directory=out_dir)
-    engine.save(out_dir)
-    build_s = time.perf_counter() - started
+    out_dir.mkdir(parents=True, exist_ok=True)
+    engine, build_s, how = open_or_build(n, base, w, out_dir, args)
+    if args.nprobe:
+        engine.nprobe = args.nprobe
+    if args.rerank:
+        engine.rerank_factor = args.rerank
     after_build = proc_status()
     k, batches = args.k, [queries[i * args.batch : (i + 1) * args.batch] for i in range(args.batches)]
     engine.search(queries[: args.batch // 8], k=k)  # warm-up
@@ -126,7 +163,7 @@ def measure(n: int, base: np.ndarray, w: np.ndarray, queries: np.ndarray, args) 
     truth, certified = certified_truth(out_dir, meta, w, queries[:nt], k, args.truth_pool)
     row = dict(
         n=n, kind=engine.kind, codec=engine.codec, nlist=engine.nlist, nprobe=engine.nprobe,
-        rerank=engine.rerank_factor, store=meta["histogram_dtype"], build_s=build_s,
+        rerank=engine.rerank_factor, store=meta["histogram_dtype"], build_s=build_s, engine=how,
         qps=args.batch * args.batches / search_s, recall=recall(results[0][:nt], truth),
         certified=int(certified.sum()), truth_queries=nt,
         recall_certified=recall(results[0][:nt][certified], truth[certified]) if certified.any() else None,
@@ -207,7 +244,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache-dir", type=Path, default=Path("bench_out"))
     parser.add_argument("--out", type=Path, default=Path("bench_out"), help="where the engines are built")
-    parser.add_argument("--keep", action="store_true", help="keep each engine directory")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep each engine directory (a later run with the same N, data and settings "
+                        "reuses it; other index settings re-index the kept store)")
+    parser.add_argument("--rebuild", action="store_true", help="build even when a kept engine matches")
+    parser.add_argument("--codec", choices=tuning.CODECS, help="override the codec the engine picks")
+    parser.add_argument("--nlist", type=int, help="override the number of IVF cells the engine picks")
+    parser.add_argument("--nprobe", type=int, help="override the cells probed per query")
+    parser.add_argument("--rerank", type=int, help="override the re-rank factor")
     parser.add_argument("--jsonl", type=Path, default=Path("bench_out/scale.jsonl"))
     args = parser.parse_args()
 

@@ -68,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--kind", choices=("auto", "flat", "ivf"), default="auto", help="FAISS candidate index"
     )
+    build.add_argument(
+        "--nlist", type=_positive, help="IVF cells (default: chosen from the corpus size, search/tuning.py)"
+    )
+    build.add_argument(
+        "--nprobe", type=_positive, help="cells probed per query (default: from nlist; serve overrides)"
+    )
     build.add_argument("--force", action="store_true", help="replace an existing index at --out")
     build.add_argument(
         "--ray",
@@ -109,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--workers", type=_positive, help="worker processes sharing the memory-mapped index (default 1)"
     )
+    serve.add_argument(
+        "--nprobe", type=_positive, help="IVF cells probed per query (default: the index's, engine.json)"
+    )
     return parser
 
 
@@ -131,6 +140,8 @@ def _build(args: argparse.Namespace) -> int:
         edge_sample=args.edge_sample,
         seed=args.seed,
         kind=args.kind,
+        nlist=args.nlist,
+        nprobe=args.nprobe,
         force=args.force,
         progress=not args.no_progress,
         ray=args.ray,
@@ -166,6 +177,7 @@ def _serve(args: argparse.Namespace) -> int:
         "redis_url": args.redis_url,
         "device": args.device,
         "workers": args.workers,
+        "nprobe": args.nprobe,
     }
     serve(**{key: value for key, value in overrides.items() if value is not None})
     return 0

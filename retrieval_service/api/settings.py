@@ -157,6 +157,12 @@ class Settings(BaseSettings):
         ge=1,
         description="uvicorn worker processes; they share the memory-mapped index (page cache) and Redis.",
     )
+    nprobe: int | None = Field(
+        None,
+        ge=1,
+        description="IVF cells probed per query, overriding the index's own (engine.json); more: higher "
+        "recall, slower searches.",
+    )
     gpu_worker_copies: bool = Field(
         False,
         description="Allow device cuda with workers > 1: each worker then loads its own copy of the index "

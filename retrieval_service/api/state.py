@@ -80,8 +80,12 @@ class ServiceState:
 
     def _adopt(self, index) -> None:
         spec_hash = index.spec.spec_hash
+        index_id = index.index_id
+        if self.settings.nprobe is not None:  # other probes, other answers: never share their cache entries
+            index.engine.nprobe = self.settings.nprobe
+            index_id = f"{index_id}-nprobe{self.settings.nprobe}"
         cache = ResultCache(
-            self.redis, self.settings.redis_prefix, index.index_id, spec_hash, self.settings.cache_ttl_s
+            self.redis, self.settings.redis_prefix, index_id, spec_hash, self.settings.cache_ttl_s
         )
         searcher = Searcher(
             index.engine,

@@ -78,6 +78,8 @@ def build_index(
     edge_sample: int = 2000,
     seed: int = 0,
     kind: str = "auto",
+    nlist: int | None = None,
+    nprobe: int | None = None,
     force: bool = False,
     progress: bool = True,
     ray: str | None = None,
@@ -93,11 +95,15 @@ def build_index(
     build resumes the other's finished shards. On CPU, ``workers`` > 0 spawns that many processes: a
     script calling this needs the usual ``if __name__ == "__main__":`` guard.
 
+    ``nlist`` / ``nprobe``: the IVF cells and the cells probed per query, overriding what the engine picks
+    from N (``search/tuning.py``); they change only the assembly, so a resumed build keeps its shards.
+
     The phases: enumerate -> fit bin edges (once) -> extract shards (resumable) -> assemble -> rename.
     """
     started = time.perf_counter()
     _check_arguments(bank, workers=workers, batch_size=batch_size, shard_size=shard_size,
-                     edge_sample=edge_sample, bins=bins, size=size)
+                     edge_sample=edge_sample, bins=bins, size=size,
+                     **{k: v for k, v in (("nlist", nlist), ("nprobe", nprobe)) if v is not None})
     out = Path(out).absolute()
     partial = out.with_name(out.name + ".partial")
     check_out(out, force)
@@ -159,7 +165,8 @@ def build_index(
     timings["extract"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    size, skipped, engine_sums = _assemble(corpus, spec, partial, shard_size, kind, torch_device, progress)
+    size, skipped, engine_sums = _assemble(corpus, spec, partial, shard_size, kind, torch_device, progress,
+                                           nlist=nlist, nprobe=nprobe)
     timings["assemble"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - started
     report = BuildReport(
@@ -179,7 +186,8 @@ def build_index(
 
 def _check_arguments(bank: str, **lower_bounded: int) -> None:
     """BuildError naming the first bad argument (before anything slow happens)."""
-    minimum = {"workers": 0, "batch_size": 1, "shard_size": 1, "edge_sample": 1, "bins": 2, "size": 8}
+    minimum = {"workers": 0, "batch_size": 1, "shard_size": 1, "edge_sample": 1, "bins": 2, "size": 8,
+               "nlist": 1, "nprobe": 1}
     for name, value in lower_bounded.items():
         if value < minimum[name]:
             raise BuildError(f"{name} must be >= {minimum[name]}, got {value}")
@@ -251,7 +259,8 @@ def _finish(partial: Path, out: Path, force: bool, report: BuildReport, corpus: 
 
 
 def _assemble(
-    corpus: Corpus, spec: DescriptorSpec, partial: Path, shard_size: int, kind: str, device, progress: bool
+    corpus: Corpus, spec: DescriptorSpec, partial: Path, shard_size: int, kind: str, device, progress: bool,
+    nlist: int | None = None, nprobe: int | None = None,
 ) -> tuple[int, list[dict], dict[str, str]]:
     """Shards -> engine files and manifest in ``partial``; returns (size, skipped, engine checksums)."""
     from retrieval_service.build.extraction import load_shards
@@ -286,10 +295,14 @@ def _assemble(
         for new_id, i in enumerate(kept)
     ]
     log.info("assembling the search engine over %d descriptors", len(kept))
+    if nlist is not None and nlist > len(kept):
+        raise BuildError(f"nlist {nlist} exceeds the {len(kept)} indexed images (a cell needs one at least)")
     engine = SearchEngine.build(
         shards.hists[kept],  # float16 (N, D, B): the engine stores float16, so nothing is rounded twice
         spec.weights_array(),
         kind=kind,
+        nlist=nlist,
+        nprobe=nprobe,
         device=str(device),
         progress=progress,
     )  # (N, D, B)

@@ -31,6 +31,7 @@ PQ_BYTES = 64  # 2 PCA dimensions per sub-quantiser
 PQ_TRAIN_PER_CENTROID = 40  # 10,240 points per 256-centroid sub-quantiser (FAISS: 256 -> 65,536) ...
 PQ_TRAIN_ITERATIONS = 10  # ... and 10 k-means rounds (FAISS: 25): PQ training 48 s -> ~5 s at 2 dims each
 RELEASE_EVERY = 16  # chunks (1 M rows) between unmapping the store pages the build has read
+FS_SUBQUANTIZERS = 64  # fast-scan PQ: 64 x 4-bit codes (32 bytes), scanned with SIMD table lookups
 PQ_MIN_TRAIN = 65536  # PCA and 256-centroid sub-quantisers want more points than 40 per cell at small nlist
 
 
@@ -40,15 +41,18 @@ def _ivf(dim: int, nlist: int, codec: str) -> faiss.Index:
     quantizer = faiss.IndexFlatL2(d)
     if codec == "sq8":
         ivf = faiss.IndexIVFScalarQuantizer(quantizer, d, nlist, faiss.ScalarQuantizer.QT_8bit)
-    elif codec == "pq":
-        ivf = faiss.IndexIVFPQ(quantizer, d, nlist, math.gcd(d, PQ_BYTES), 8)
+    elif codec in ("pq", "pqfs"):
+        if codec == "pq":
+            ivf = faiss.IndexIVFPQ(quantizer, d, nlist, math.gcd(d, PQ_BYTES), 8)
+        else:
+            ivf = faiss.IndexIVFPQFastScan(quantizer, d, nlist, math.gcd(d, FS_SUBQUANTIZERS), 4)
         ivf.pq.cp.max_points_per_centroid = PQ_TRAIN_PER_CENTROID
         ivf.pq.cp.niter = PQ_TRAIN_ITERATIONS
     else:
         ivf = faiss.IndexIVFFlat(quantizer, d, nlist)
     ivf.own_fields = True
     quantizer.this.disown()  # the IVF index frees its quantizer
-    if codec != "pq":
+    if codec not in ("pq", "pqfs"):
         return ivf
     pca = faiss.PCAMatrix(dim, d, 0.0, True)  # random rotation: spreads the variance over the sub-quantisers
     index = faiss.IndexPreTransform(pca, ivf)
@@ -56,6 +60,18 @@ def _ivf(dim: int, nlist: int, codec: str) -> faiss.Index:
     pca.this.disown()
     ivf.this.disown()
     return index
+
+
+def index_settings(codec: str) -> dict:
+    """The construction constants an index of ``codec`` depends on (besides kind and nlist): what a cache of
+    built indexes (bench/scale.py) must key on."""
+    if codec == "pq":
+        return dict(pca_dim=PCA_DIM, pq_bytes=PQ_BYTES, pq_train=PQ_TRAIN_PER_CENTROID,
+                    pq_iter=PQ_TRAIN_ITERATIONS)
+    if codec == "pqfs":
+        return dict(pca_dim=PCA_DIM, fs_m=FS_SUBQUANTIZERS, pq_train=PQ_TRAIN_PER_CENTROID,
+                    pq_iter=PQ_TRAIN_ITERATIONS)
+    return {}
 
 
 def build_index(store, weights: np.ndarray, kind: str, nlist: int, codec: str, progress: bool,
@@ -68,7 +84,7 @@ def build_index(store, weights: np.ndarray, kind: str, nlist: int, codec: str, p
     else:
         index = _ivf(dim, nlist, codec)
         n_train = tuning.TRAIN_POINTS_PER_CELL * nlist
-        n_train = min(n, max(n_train, PQ_MIN_TRAIN) if codec == "pq" else n_train)
+        n_train = min(n, max(n_train, PQ_MIN_TRAIN) if codec in ("pq", "pqfs") else n_train)
         sample = np.sort(np.random.default_rng(seed).choice(n, n_train, replace=False))
         ivf = faiss.extract_index_ivf(index)
         ivf.cp.max_points_per_centroid = math.ceil(n_train / nlist)  # no second subsampling inside FAISS

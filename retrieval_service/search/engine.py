@@ -18,8 +18,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from retrieval_service.search import ann, ranking, storage, tuning
-from retrieval_service.search.store import HistogramStore, encode, open_store, store_file, write_store
+from retrieval_service.search import ann, code_tables, ranking, storage, tuning
+from retrieval_service.search.store import U8, HistogramStore, encode, open_store, store_file, write_store
 from services.divergence import METRICS, hellinger_embedding, paired, pairwise, validate_histograms
 from services.errors import DescriptorError, IndexIntegrityError
 from services.fileio import atomic_path, file_sha256
@@ -135,12 +135,24 @@ class SearchEngine:
 
     def _exact_keys(self, q: np.ndarray, window: int, metric: str, excl: np.ndarray) -> np.ndarray:
         """Full scan: the ``window`` smallest (distance, id) keys per query. (nq, window) uint64"""
+        if self._store.dtype != U8 or len(q) <= code_tables.QUERY_CHUNK:
+            return self._scan_keys(q, window, metric, excl)
+        step = code_tables.QUERY_CHUNK  # a uint8 scan holds the tables of this many queries at a time
+        return np.concatenate([self._scan_keys(q[s : s + step], window, metric, excl)
+                               for s in range(0, len(q), step)])
+
+    def _scan_keys(self, q: np.ndarray, window: int, metric: str, excl: np.ndarray) -> np.ndarray:
         best = np.full((len(q), window), ranking.NO_KEY)
+        tables = self._tables(q, metric)
         for start in range(0, self.size, SCAN_BLOCK):
-            block = self._store[start : start + SCAN_BLOCK]
-            ids = np.arange(start, start + len(block), dtype=np.int64)
-            keys = ranking.encode_keys(pairwise(metric, q, block, self._weights), ids[None, :])  # (nq, c)
-            hit = excl[(excl >= start) & (excl < start + len(block))] - start
+            stop = min(self.size, start + SCAN_BLOCK)
+            ids = np.arange(start, stop, dtype=np.int64)
+            if tables is not None:
+                dist = code_tables.distances_to_rows(tables, self._codes, start, stop)
+            else:
+                dist = pairwise(metric, q, self._store[start:stop], self._weights)
+            keys = ranking.encode_keys(dist, ids[None, :])  # (nq, c)
+            hit = excl[(excl >= start) & (excl < stop)] - start
             keys[:, hit] = ranking.NO_KEY
             best = ranking.smallest_keys(np.concatenate([best, keys], axis=1), window)
         return ranking.smallest_keys(best, window)
@@ -187,8 +199,20 @@ class SearchEngine:
             ids = np.concatenate([ids, np.full((len(ids), r - ids.shape[1]), -1)], axis=1)
         return ids
 
+    def _tables(self, q: np.ndarray, metric: str) -> np.ndarray | None:
+        """Per-query term tables when the store is uint8 (``code_tables``), else None (element-wise path)."""
+        return code_tables.query_tables(metric, q, self._weights) if self._store.dtype == U8 else None
+
+    @property
+    def _codes(self) -> np.ndarray:
+        """The uint8 store as (N, D*B) rows (a view of the memory map)."""
+        return self._store.raw.reshape(self.size, self.dim * self.bins)
+
     def _rerank(self, q: np.ndarray, cand: np.ndarray, metric: str) -> np.ndarray:
         """Divergence of each query to its candidates (-1 entries get inf). (nq, R) float32"""
+        if self._store.dtype == U8:
+            threads = max(1, faiss.omp_get_max_threads())  # as many as FAISS's candidate search uses
+            return code_tables.rerank(metric, q, self._weights, self._codes, cand, threads)
         nq, r = cand.shape
         out = np.full((nq, r), np.inf, dtype=np.float32)
         step = max(1, RERANK_PAIRS // r)
@@ -279,6 +303,12 @@ def _store_of(histograms, dtype, directory) -> HistogramStore:
 
     if directory is not None:
         path = (Path(directory) / store_file(dtype)).absolute()
+        if (isinstance(histograms, HistogramStore) and histograms.path is not None
+                and Path(histograms.path).absolute() == path and histograms.dtype == dtype):
+            # Re-indexing the store already in ``directory`` (other index settings): its rows were validated
+            # when it was written; rewriting 7.7 GB at 10 M onto itself would buy nothing.
+            histograms.sha256 = histograms.sha256 or file_sha256(path)
+            return histograms
         sha = write_store(path, histograms, dtype, prepare)
         stored = open_store(path, (n, d, b), dtype)
         stored.sha256 = sha

@@ -25,7 +25,7 @@ import numpy as np
 from retrieval_service.search import store
 
 KINDS = ("auto", "flat", "ivf")
-CODECS = ("sq8", "flat", "pq")
+CODECS = ("sq8", "flat", "pq", "pqfs")
 IVF_THRESHOLD = 50_000
 PQ_THRESHOLD = 1_000_000
 TRAIN_POINTS_PER_CELL = 40  # FAISS warns below 39; more costs k-means time linearly for little gain
@@ -85,7 +85,7 @@ def plan(n: int, d: int, b: int, *, kind: str = "auto", codec: str | None = None
     if kind == "flat":
         return Plan("flat", "-", 0, 0, rerank_factor or FLAT_RERANK_FACTOR, dtype)
     codec = codec or ("pq" if n >= pq_threshold else "sq8")
-    if codec == "pq":
+    if codec in ("pq", "pqfs"):
         nlist = nlist or pq_nlist(n)
         nprobe = nprobe or pq_nprobe(nlist)
         return Plan("ivf", codec, nlist, nprobe, rerank_factor or PQ_RERANK_FACTOR, dtype)

@@ -167,3 +167,40 @@ def test_serve_passes_only_given_flags_to_the_server(monkeypatch):
     assert calls == [{"index_dir": "/some/index", "port": 8123, "redis_url": "redis://x:1/2"}]
     assert main(["serve", "--host", "0.0.0.0", "--device", "cpu"]) == 0
     assert calls[-1] == {"host": "0.0.0.0", "device": "cpu"}
+
+
+def test_build_nlist_nprobe_flags_reach_the_engine_and_serve_overrides_nprobe(tmp_path, capsys):
+    from retrieval_service.api.settings import Settings
+    from retrieval_service.api.state import ServiceState
+    from retrieval_service.index.loaded import LoadedIndex
+
+    source = image_folder(tmp_path / "src", per_class=10, size=32)  # 60 images
+    out = tmp_path / "ivf"
+    args = ["build", "--source", str(source), "--out", str(out), *BUILD_ARGS, "--kind", "ivf"]
+    code, err = run_main(capsys, *args, "--nlist", "61")
+    assert code == 2 and "nlist 61 exceeds the 60 indexed images" in err
+    assert main([*args, "--nlist", "6", "--nprobe", "2", "--force"]) == 0
+    meta = json.loads((out / "engine.json").read_text())
+    assert (meta["kind"], meta["nlist"], meta["nprobe"]) == ("ivf", 6, 2)
+
+    state = ServiceState(Settings(index_dir=out, redis_url="", nprobe=5))
+    index = LoadedIndex.load(out)
+    state.start_loading(index)  # adopt the loaded index: the override applies to its engine
+    assert state.ready.index.engine.nprobe == 5
+    query = index.engine.histograms([0])
+    assert state.ready.index.engine.search(query, k=3)[1][0, 0] == 0
+    plain = ServiceState(Settings(index_dir=out, redis_url=""))
+    plain.start_loading(LoadedIndex.load(out))
+    assert plain.ready.index.engine.nprobe == 2
+    for bad in ("0", "-3"):
+        with pytest.raises(SystemExit):
+            main(["build", "--source", str(source), "--out", str(out), "--nlist", bad])
+
+
+def test_serve_nprobe_flag_is_passed_on(monkeypatch):
+    import retrieval_service.api.server as server
+
+    calls = []
+    monkeypatch.setattr(server, "serve", lambda **kwargs: calls.append(kwargs))
+    assert main(["serve", "--nprobe", "40"]) == 0
+    assert calls == [{"nprobe": 40}]

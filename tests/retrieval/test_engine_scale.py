@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pytest
 
-from retrieval_service.search import store, tuning
+from retrieval_service.search import code_tables, store, tuning
 from retrieval_service.search.engine import SearchEngine
 from services.errors import IndexIntegrityError
 from tests.retrieval.test_engine import brute_force, corpus, real  # noqa: F401  (module fixtures)
@@ -73,11 +73,11 @@ def test_uint8_engine_ranks_by_the_stored_values(corpus, real):  # noqa: F811
 
 
 # ------------------------------------------------------------------ IVF-PQ recall on real descriptors
-@pytest.mark.parametrize("metric", ["js", "skl"])
-def test_ivf_pq_recall_at_10(corpus, real, metric):  # noqa: F811
+@pytest.mark.parametrize(("metric", "codec"), [("js", "pq"), ("skl", "pq"), ("js", "pqfs")])
+def test_ivf_pq_recall_at_10(corpus, real, metric, codec):  # noqa: F811
     _, queries, w = real
-    engine = SearchEngine.build(corpus, w, kind="ivf", codec="pq")
-    assert (engine.kind, engine.codec, engine.rerank_factor) == ("ivf", "pq", tuning.PQ_RERANK_FACTOR)
+    engine = SearchEngine.build(corpus, w, kind="ivf", codec=codec)
+    assert (engine.kind, engine.codec, engine.rerank_factor) == ("ivf", codec, tuning.PQ_RERANK_FACTOR)
     _, exact = engine.search(queries, k=10, metric=metric, exact=True)
     _, approx = engine.search(queries, k=10, metric=metric)
     recall = np.mean([len(np.intersect1d(a, e)) / 10 for a, e in zip(approx, exact, strict=True)])
@@ -122,3 +122,44 @@ def test_truncated_uint8_store_is_detected(on_disk, tmp_path):
         fh.truncate(100)
     with pytest.raises(IndexIntegrityError, match="histograms.u8"):
         SearchEngine.load(tmp_path, verify=False)
+
+
+# ------------------------------------------------------------------ uint8 distances through per-query tables
+@pytest.mark.parametrize("metric", ["js", "skl"])
+def test_code_tables_match_the_elementwise_divergence(corpus, real, metric):  # noqa: F811
+    _, queries, w = real
+    codes = store.encode(corpus, store.U8)
+    flat = codes.reshape(len(codes), -1)
+    cand = np.random.default_rng(0).integers(-1, len(codes), (len(queries), 50))  # -1: no candidate
+    tables = code_tables.query_tables(metric, queries, w)
+    got = code_tables.distances_to_candidates(tables, flat, cand)
+    decoded = store.decode(codes)
+    ref = np.stack([brute_force(metric, queries[i : i + 1], decoded[np.maximum(c, 0)], w)[0]
+                    for i, c in enumerate(cand)])
+    assert np.isinf(got[cand < 0]).all()
+    np.testing.assert_allclose(got[cand >= 0], ref[cand >= 0], rtol=2e-5, atol=1e-7)
+    rows = code_tables.distances_to_rows(tables, flat, 3, 40)
+    np.testing.assert_array_equal(rows, code_tables.distances_to_candidates(
+        tables, flat, np.broadcast_to(np.arange(3, 40), (len(queries), 37))))
+
+
+def test_code_tables_numpy_fallback_equals_the_kernel(corpus, real, monkeypatch):  # noqa: F811
+    _, queries, w = real
+    flat = store.encode(corpus, store.U8).reshape(len(corpus), -1)
+    cand = np.random.default_rng(1).integers(-1, len(flat), (len(queries), 30))
+    tables = code_tables.query_tables("js", queries, w)
+    compiled = code_tables.distances_to_candidates(tables, flat, cand)
+    monkeypatch.setattr(code_tables, "_kernel", None)
+    np.testing.assert_allclose(code_tables.distances_to_candidates(tables, flat, cand), compiled, rtol=1e-6)
+
+
+@pytest.mark.parametrize("codec", ["pq", "pqfs"])
+def test_uint8_two_stage_and_exact_give_a_source_the_same_distance(corpus, real, codec):  # noqa: F811
+    _, queries, w = real
+    engine = SearchEngine.build(corpus, w, kind="ivf", codec=codec, store_dtype="|u1")
+    d_exact, i_exact = engine.search(queries, k=20, exact=True)
+    d_two, i_two = engine.search(queries, k=20)
+    for de, ie, dt, it in zip(d_exact, i_exact, d_two, i_two, strict=True):
+        common, a, b = np.intersect1d(ie, it, return_indices=True)
+        assert len(common) >= 18
+        np.testing.assert_array_equal(de[a], dt[b])  # one kernel for both paths: bit for bit
