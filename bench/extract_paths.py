@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from retrieval_service.build.extraction import make_extractor
-from retrieval_service.build.pool import describe_in_processes
+from retrieval_service.build.pool import describe_in_processes, worker_pool
 from retrieval_service.build.shards import make_loader
 from retrieval_service.build.workers import (
     ExtractionSetup,
@@ -56,21 +56,31 @@ def _before(root, records, spec, batches):
         yield histograms_of(extractor, batch)
 
 
-def _after(root, records, spec, batches, processes):
+def _after(root, records, spec, batches, processes, pool=None):
     setup = ExtractionSetup.of(spec, "cpu", None)
-    for _, hists in describe_in_processes(setup, root, records, batches, processes):
+    for _, hists in describe_in_processes(setup, root, records, batches, processes, pool=pool):
         yield hists
 
 
-def _timed(results) -> tuple[np.ndarray, float, float]:
-    """(histograms, end-to-end s, steady s after the first batch arrived: worker start-up excluded)."""
+def _timed(results) -> tuple[np.ndarray, float]:
+    """(histograms, wall s from the call to the last batch)."""
     t0 = time.perf_counter()
-    parts, first = [], None
-    for hists in results:
-        parts.append(hists)
-        first = first or time.perf_counter()
-    end = time.perf_counter()
-    return np.concatenate(parts), end - t0, end - first
+    parts = list(results)
+    return np.concatenate(parts), time.perf_counter() - t0
+
+
+def warm_pool_wall(root: Path, records, spec: DescriptorSpec, batches, processes: int):
+    """(histograms, wall s) of the process-per-core path on a pool started and warmed beforehand (each
+    worker has run one batch: bank, FFT plans, buffers), i.e. the rate a long build extracts at.
+
+    Why not "time after the first result": results come back in order, and while the first batch is being
+    waited for the other workers have already finished later ones, so that clock misses work done
+    before it started (it gave 800 img/s from workers that cost 12 CPU-ms/img each)."""
+    setup = ExtractionSetup.of(spec, "cpu", None)
+    with worker_pool(setup, root, processes) as pool:
+        warm_up = [[0]] * (4 * processes)  # one image per task: every worker gets at least one
+        list(describe_in_processes(setup, root, records, warm_up, processes, pool=pool))
+        return _timed(_after(root, records, spec, batches, processes, pool=pool))
 
 
 def per_core_cost(root: Path, records, spec: DescriptorSpec, batches, compiled: bool) -> float:
@@ -111,12 +121,9 @@ def compare_build_paths(data: Path, reference: Path, n: int, processes: int, sav
     else:
         with np.load(reference) as stored:
             spec = DescriptorSpec.model_validate_json(str(stored["spec_json"]))
-    before, wall, steady = _timed(_before(root, records, spec, batches))
-    rate_before = (n - BATCH) / steady
-    print(
-        f"build path before (1 decoding process + 2 extractor threads): {n / wall:.1f} img/s end to end, "
-        f"{rate_before:.1f} steady"
-    )
+    before, wall = _timed(_before(root, records, spec, batches))
+    rate_before = n / wall
+    print(f"build path before (1 decoding process + 2 extractor threads): {rate_before:.1f} img/s end to end")
     if save:
         reference.parent.mkdir(parents=True, exist_ok=True)
         rel = np.array([f.relative_to(data).as_posix() for f in files])
@@ -124,12 +131,13 @@ def compare_build_paths(data: Path, reference: Path, n: int, processes: int, sav
         print(f"stored today's histograms of {n} images in {reference}")
     after = before
     if processes > 0:
-        after, wall, steady = _timed(_after(root, records, spec, batches, processes))
-        rate = (n - BATCH) / steady
+        after, wall = _timed(_after(root, records, spec, batches, processes))
+        warm, warm_wall = warm_pool_wall(root, records, spec, batches, processes)
         print(
             f"build path after ({processes} processes, each decode + extract): {n / wall:.1f} img/s end to "
-            f"end (spawn included), {rate:.1f} steady = x{rate / rate_before:.2f}; identical to before: "
-            f"{np.array_equal(after, before)}"
+            f"end (spawn included) = x{n / wall / rate_before:.2f}; {n / warm_wall:.1f} img/s on a warm pool "
+            f"(start-up excluded); identical to before: {np.array_equal(after, before)} and "
+            f"{np.array_equal(warm, before)}"
         )
     cores = max(processes, 1)
     for compiled in (False, True):
@@ -138,6 +146,15 @@ def compare_build_paths(data: Path, reference: Path, n: int, processes: int, sav
             f"one worker's cost, {'compiled' if compiled else 'numpy'} binning: {cost:.2f} CPU-ms/img "
             f"(decode + extract, 1 thread): at most {1e3 / cost:.0f} img/s per idle core, "
             f"{cores * 1e3 / cost:.0f} img/s on {cores}"
+        )
+    source = data / "imagenet-source"  # the build benchmark's corpus: 160 px JPEGs, upsampled to 224
+    if source.is_dir():
+        files = sorted(source.glob("*/*"))[:: max(1, len(list(source.glob("*/*"))) // n)][:n]
+        recs = _records(source, files)
+        cost = per_core_cost(source, recs, spec, batch_plan(0, len(recs), BATCH), True)
+        print(
+            f"one worker's cost, {len(recs)} imagenet-source JPEGs, compiled: {cost:.2f} CPU-ms/img: "
+            f"at most {cores * 1e3 / cost:.0f} img/s on {cores} idle cores"
         )
     with np.load(reference) as stored:
         k = min(len(stored["hists"]), n)

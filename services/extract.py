@@ -17,7 +17,7 @@ with binning but do not scale binning itself. For all cores, the build runs one 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal
@@ -29,6 +29,8 @@ from services.binning import COMPILED, count_at_least_compiled
 from services.errors import DescriptorError
 from services.filters import FilterBank, build_bank, conv_spec
 from services.images import DEFAULT_MAX_PIXELS, ImageSource, load_image
+from services.reservoir import Reservoir as _Reservoir
+from services.reservoir import reservoir_picks  # noqa: F401 - re-exported: the build plans with it
 from services.spec import DescriptorSpec, gabor_spec
 
 
@@ -192,6 +194,34 @@ class DescriptorExtractor:
         for layer, filter_ids, values in self.bank.blocks(batch, sampled=True):
             yield int(self._layer_rows[layer]) + int(filter_ids.min()), self.bank.grouped(values)
 
+    @torch.inference_mode()
+    def sample_values(self, chunk: np.ndarray | torch.Tensor) -> Iterator[tuple[int, np.ndarray]]:
+        """Per block, (first descriptor row, float32 (d, n * M)): the values the histograms of ``chunk``
+        count, zero_below applied, column = image * M + sample. What ``fit_edges`` samples its edges from."""
+        for row, grouped in self._sampled(self._check(chunk)):
+            flat = grouped.flatten(1, 2).flatten(2)  # (n, d, M): a copy when interleaved
+            yield row, self._shrunk(flat.transpose(0, 1).reshape(flat.shape[1], -1).cpu().numpy())
+
+    @torch.inference_mode()
+    def picked_values(
+        self, chunk: np.ndarray | torch.Tensor, columns: Iterable[np.ndarray]
+    ) -> Iterator[np.ndarray]:
+        """``sample_values(chunk)``'s arrays at the given columns (one int64 array per block, in order):
+        float32 (d, len(columns)), the same numbers, without copying the responses nobody picked."""
+        columns = iter(columns)
+        for _, grouped in self._sampled(self._check(chunk)):
+            wanted = next(columns)
+            per_image = grouped[0, 0, 0].numel()
+            image, sample = np.divmod(wanted, per_image)
+            y, x = np.divmod(sample, grouped.shape[-1])
+            values = grouped.cpu().numpy()[image, :, :, y, x]  # (len, G, K): gathered from the views
+            yield self._shrunk(np.ascontiguousarray(values.reshape(len(wanted), -1).T))
+
+    def _shrunk(self, values: np.ndarray) -> np.ndarray:
+        """|v| <= zero_below -> 0: what the histograms count (``blocks(sampled=True)`` leaves it out)."""
+        zero = np.float32(self.bank.zero_below)
+        return np.where(np.abs(values) <= zero, np.float32(0), values) if zero > 0 else values
+
     def histograms(self, batch: np.ndarray | torch.Tensor) -> np.ndarray:
         """float32 (N, D, B) per-filter histograms under the spec's edges; each row sums to 1."""
         if self._edges is None or self._thresholds is None:
@@ -272,39 +302,6 @@ class DescriptorExtractor:
         return out
 
 
-class _Reservoir:
-    """Uniform random sample (without replacement) of at most ``capacity`` values per filter of one layer.
-
-    Algorithm R, vectorised per batch: item t (0-based, over all values seen) replaces slot j ~ U{0..t} if j <
-    cap. One slot choice is shared by all filters of the layer (each filter's sample is still uniform over its
-    own values).
-    """
-
-    def __init__(self, dim: int, capacity: int, rng: np.random.Generator):
-        self.values = np.empty((dim, capacity), dtype=np.float32)  # (D_l, cap): the only per-filter storage
-        self.capacity, self.filled, self.seen, self.rng = capacity, 0, 0, rng
-
-    def add(self, values: np.ndarray) -> None:
-        """values (D_l, m)."""
-        m = values.shape[1]
-        take = min(self.capacity - self.filled, m)
-        if take > 0:
-            self.values[:, self.filled : self.filled + take] = values[:, :take]
-            self.filled += take
-        rest = np.arange(take, m)
-        if rest.size:
-            slots = self.rng.integers(0, self.seen + rest + 1)  # per item: U{0..t}
-            keep = slots < self.capacity
-            slots, items = slots[keep], rest[keep]
-            # A later item overwrites an earlier one in the same slot (sequential Algorithm R): keep the last.
-            last = slots.size - 1 - np.unique(slots[::-1], return_index=True)[1]
-            self.values[:, slots[last]] = values[:, items[last]]
-        self.seen += m
-
-    def sample(self) -> np.ndarray:
-        return self.values[:, : self.filled]
-
-
 def quantile_edges(sample: np.ndarray, bins: int) -> np.ndarray:
     """Equal-mass inner edges per row: sample (D, m) -> float32 (D, bins-1), strictly increasing.
 
@@ -335,21 +332,13 @@ def fit_edges(
     if bins < 2:
         raise ValueError("bins must be >= 2")
     rng = np.random.default_rng(seed)
-    zero = np.float32(extractor.bank.zero_below)
     reservoirs: dict[int, _Reservoir] = {}  # first row of each block -> its filters' sample
-    with torch.inference_mode():
-        for batch in batches:
-            for start in range(0, len(batch), extractor.chunk_size):
-                for row, grouped in extractor._sampled(
-                    extractor._check(batch[start : start + extractor.chunk_size])
-                ):
-                    flat = grouped.flatten(1, 2).flatten(2)  # (n, d, M): a copy when interleaved
-                    values = flat.transpose(0, 1).reshape(flat.shape[1], -1).cpu().numpy()  # (d, n*M)
-                    if zero > 0:  # the values the histograms see (bank.blocks(sampled=True) leaves this out)
-                        values = np.where(np.abs(values) <= zero, np.float32(0), values)
-                    if row not in reservoirs:
-                        reservoirs[row] = _Reservoir(values.shape[0], max_values_per_filter, rng)
-                    reservoirs[row].add(values)
-    if not reservoirs or any(r.filled == 0 for r in reservoirs.values()):
+    for batch in batches:
+        for start in range(0, len(batch), extractor.chunk_size):
+            for row, values in extractor.sample_values(batch[start : start + extractor.chunk_size]):
+                if row not in reservoirs:
+                    reservoirs[row] = _Reservoir(values.shape[0], max_values_per_filter, rng)
+                reservoirs[row].add(values)
+    if not reservoirs or any(r.slots.filled == 0 for r in reservoirs.values()):
         raise ValueError("fit_edges got no images")
     return np.concatenate([quantile_edges(reservoirs[row].sample(), bins) for row in sorted(reservoirs)])

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from retrieval_service.build.edges import fit_edges_in_processes
 from retrieval_service.build.pool import describe_in_processes
 from retrieval_service.build.shards import (
     DecodedBatch,
@@ -81,16 +82,22 @@ def fit_spec_edges(
     n = len(corpus.records)
     sample = np.sort(rng.choice(n, size=min(edge_sample, n), replace=False)).tolist()
     batches = [sample[i : i + batch_size] for i in range(0, len(sample), batch_size)]
-    loader = make_loader(corpus.root, corpus.records, spec0.size, batches, workers)
     extractor = make_extractor(spec0, device, conv_weights)
-
-    def images() -> Iterator[np.ndarray]:
-        for batch in loader:
-            if batch.ok.any():
-                yield batch.images.numpy()  # (n_ok, S, S, 3) uint8
-
     t = time.perf_counter()
-    edges = fit_edges(extractor, images(), spec0.bins, seed=seed)  # (D, B-1)
+    if device.type == "cpu" and workers > 0:  # the same edges, from every core (edges.py)
+        setup = ExtractionSetup.of(spec0, device, conv_weights)
+        edges = fit_edges_in_processes(
+            setup, extractor, corpus.root, corpus.records, batches, spec0.bins, seed, workers
+        )
+    else:
+        loader = make_loader(corpus.root, corpus.records, spec0.size, batches, workers)
+
+        def images() -> Iterator[np.ndarray]:
+            for batch in loader:
+                if batch.ok.any():
+                    yield batch.images.numpy()  # (n_ok, S, S, 3) uint8
+
+        edges = fit_edges(extractor, images(), spec0.bins, seed=seed)  # (D, B-1)
     spec = spec0.with_edges(edges)
     log.info(
         "fitted %d x %d bin edges on %d sampled images in %.1f s (spec %s)",

@@ -64,6 +64,32 @@ def describe_batch(
     return batch, histograms_of(extractor, batch)
 
 
+def sample_batch(
+    extractor: DescriptorExtractor,
+    images: SourceImages,
+    positions: Sequence[int],
+    expected_ok: np.ndarray,
+    columns: Sequence[np.ndarray],
+) -> tuple[np.ndarray, list[np.ndarray] | None]:
+    """The edge fit's unit of work (``edges.py``): decode ``positions``, then per chunk of the readable images
+    and per block (``DescriptorExtractor.sample_values``, in ``fit_edges`` order), the values at that
+    call's ``columns``: (ok flags, [float32 (d, len(columns[k]))]); values None when the readable images
+    are not the ``expected_ok`` ones the columns were planned for."""
+    batch = collate([images[p] for p in positions])
+    if not np.array_equal(batch.ok, expected_ok):
+        return batch.ok, None
+    chunk, pixels = extractor.chunk_size, batch.images.numpy()
+    blocks = len(columns) // max(1, -(-len(pixels) // chunk))  # calls per chunk
+    picked = [
+        values
+        for c, start in enumerate(range(0, len(pixels), chunk))
+        for values in extractor.picked_values(
+            pixels[start : start + chunk], columns[c * blocks : (c + 1) * blocks]
+        )
+    ]
+    return batch.ok, picked
+
+
 def histograms_of(extractor: DescriptorExtractor, batch: DecodedBatch) -> np.ndarray:
     """float32 (n_ok, D, B) of a decoded batch (an empty array when nothing in it was readable)."""
     spec = extractor.spec

@@ -34,3 +34,23 @@ def test_flat_responses_count_exactly():
     thresholds = np.sort(rng.standard_normal((5, 7)).astype(np.float32), axis=1)
     expected = count_at_least_numpy(values, thresholds)
     assert np.array_equal(binning.count_at_least_compiled(values, thresholds), expected)
+
+
+@pytest.mark.parametrize("n_thresholds", [1, 2, 8])
+def test_threshold_counts_not_a_multiple_of_three_count_exactly(n_thresholds):
+    rng = np.random.default_rng(3)
+    values = rng.standard_normal((2, 4, 500)).astype(np.float32)
+    thresholds = np.sort(rng.standard_normal((4, n_thresholds)).astype(np.float32), axis=1)
+    expected = count_at_least_numpy(values, thresholds)
+    assert np.array_equal(binning.count_at_least_compiled(values, thresholds), expected)
+
+
+def test_rows_longer_than_a_float32_pass_count_exactly(monkeypatch):
+    """Counts are float32 within a pass of SEGMENT values; a longer plane is counted in several passes."""
+    rng = np.random.default_rng(4)
+    values = rng.standard_normal((1, 2, binning.SEGMENT + 12_345)).astype(np.float32)
+    values[0, 0, :] = 1.0  # every value of filter 0 counts for the low thresholds: > one pass's worth
+    thresholds = np.array([[-1.0, 0.5, 2.0], [-0.1, 0.0, 0.1]], dtype=np.float32)
+    expected = count_at_least_numpy(values, thresholds)
+    assert expected[0, 0, 0] == values.shape[-1]
+    assert np.array_equal(binning.count_at_least_compiled(values, thresholds), expected)

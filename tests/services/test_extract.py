@@ -15,6 +15,8 @@ from services.extract import (
     _Reservoir,
     fit_edges,
     make_spec,
+    quantile_edges,
+    reservoir_picks,
     resolve_device,
     shrink_thresholds,
 )
@@ -118,6 +120,27 @@ def test_reservoir_is_bounded_uniform_and_without_replacement():
         abs(sample[0].mean() - total / 2) < 0.1 * total
     )  # uniform over everything seen, not the first chunk
     assert (sample[0] >= 15_000).mean() == pytest.approx(0.25, abs=0.07)
+
+
+def test_reservoir_planned_from_call_sizes_alone_equals_fit_edges():
+    """The build's parallel edge fit relies on this: the slots follow from the number of values per call."""
+    spec = gabor_spec(size=SIZE)
+    extractor = DescriptorExtractor(spec, device="cpu")
+    batches = [textures(3, seed=4), textures(4, seed=5)]
+    expected = fit_edges(extractor, batches, bins=8, max_values_per_filter=3_000, seed=7)
+    calls = [
+        (row, values)
+        for batch in batches
+        for start in range(0, len(batch), extractor.chunk_size)
+        for row, values in extractor.sample_values(batch[start : start + extractor.chunk_size])
+    ]
+    picks, filled = reservoir_picks([(row, v.shape[1]) for row, v in calls], 3_000, seed=7)
+    assert sum(len(slots) for slots, _ in picks) == sum(filled.values())  # every kept value sent once
+    reservoirs = {row: np.full((v.shape[0], 3_000), np.nan, np.float32) for row, v in calls}
+    for (row, values), (slots, columns) in zip(calls, picks, strict=True):
+        reservoirs[row][:, slots] = values[:, columns]
+    planned = np.concatenate([quantile_edges(reservoirs[r][:, : filled[r]], 8) for r in sorted(reservoirs)])
+    assert np.array_equal(planned, expected)
 
 
 def test_small_reservoir_edges_approximate_full_edges(fitted):
