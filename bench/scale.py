@@ -42,7 +42,7 @@ from bench.search_data import ReplicatedCorpus, real_descriptors  # noqa: E402
 from retrieval_service.search import ann, tuning  # noqa: E402
 from retrieval_service.search import store as store_mod  # noqa: E402
 from retrieval_service.search.engine import SearchEngine  # noqa: E402
-from services.divergence import hellinger_embedding, pairwise  # noqa: E402
+from services.divergence import hellinger_embedding, pairwise, validate_histograms  # noqa: E402
 
 LOWER = math.log(2) / 2  # JS >= LOWER * (squared weighted Hellinger L2 on the embedding)
 
@@ -109,7 +109,8 @@ def build_key(n: int, d: int, b: int, args) -> tuple[dict, dict]:
     """What an engine directory was built from: (store key, index key). The store depends on the data
     only; the index on the settings ``tuning.plan`` picks (or the overrides) and ``ann``'s constants."""
     p = tuning.plan(n, d, b, codec=args.codec, nlist=args.nlist)
-    store_key = dict(n=n, seed=args.seed, real=args.real, size=args.size, store=p.store_dtype.str)
+    store_key = dict(n=n, seed=args.seed, real=args.real, size=args.size, held_out=args.batch * args.batches,
+                     store=p.store_dtype.str)
     return store_key, dict(kind=p.kind, codec=p.codec, nlist=p.nlist, **ann.index_settings(p.codec))
 
 
@@ -117,28 +118,35 @@ def open_or_build(n: int, base: np.ndarray, w: np.ndarray, out_dir: Path, args) 
                                                                                           str]:
     """The engine for N in ``out_dir``: reused when ``scale-key.json`` matches (``--rebuild`` forces a new
     one), re-indexed over the kept store when only the index settings differ, else built from scratch.
-    Returns (engine, build seconds as recorded when it was built, how it was obtained)."""
+    Returns (engine, build seconds: writing the store + building the index, as recorded when they ran, how
+    it was obtained)."""
     store_key, index_key = build_key(n, *base.shape[1:], args)
     key_file = out_dir / "scale-key.json"
     old = json.loads(key_file.read_text()) if key_file.exists() and not args.rebuild else {}
     if old.get("store") == store_key and old.get("index") == index_key and (out_dir / "engine.json").exists():
         return SearchEngine.load(out_dir, verify=False), old["build_s"], "reused"
     dtype = np.dtype(store_key["store"])
+    shape = (n, *base.shape[1:])
     store_path = out_dir / store_mod.store_file(dtype)
-    started = time.perf_counter()
     if old.get("store") == store_key and store_path.exists():
-        source, how, build_s = store_mod.open_store(store_path, (n, *base.shape[1:]), dtype), "re-indexed", \
-            old["store_s"]
+        how, store_s = "re-indexed", old["store_s"]  # the kept store, written by an earlier run
+        source = store_mod.open_store(store_path, shape, dtype)
     else:
         shutil.rmtree(out_dir, ignore_errors=True)
         out_dir.mkdir(parents=True)
-        source, how, build_s = ReplicatedCorpus(base, n, seed=args.seed), "built", None
+        started = time.perf_counter()
+        sha = store_mod.write_store(store_path, ReplicatedCorpus(base, n, seed=args.seed), dtype,
+                                    lambda block, _: validate_histograms(block, *shape[1:]))
+        how, store_s = "built", time.perf_counter() - started
+        source = store_mod.open_store(store_path, shape, dtype)
+        source.sha256 = sha
+    started = time.perf_counter()
     engine = SearchEngine.build(source, w, directory=out_dir, codec=args.codec, nlist=args.nlist)
     engine.save(out_dir)
     index_s = time.perf_counter() - started
-    store_s = build_s if build_s is not None else index_s  # a fresh build: store and index in one figure
-    build_s = index_s if how == "built" else store_s + index_s
-    key_file.write_text(json.dumps(dict(store=store_key, index=index_key, build_s=build_s, store_s=store_s)))
+    build_s = store_s + index_s
+    key_file.write_text(json.dumps(dict(store=store_key, index=index_key, build_s=build_s, store_s=store_s,
+                                        index_s=index_s)))
     return engine, build_s, how
 
 
@@ -147,6 +155,10 @@ def measure(n: int, base: np.ndarray, w: np.ndarray, queries: np.ndarray, args) 
     out_dir = args.out / f"scale-{n}"
     out_dir.mkdir(parents=True, exist_ok=True)
     engine, build_s, how = open_or_build(n, base, w, out_dir, args)
+    key = json.loads((out_dir / "scale-key.json").read_text())
+    times = dict(build_s=build_s, store_s=key["store_s"], index_s=key["index_s"], engine=how)
+    if args.build_only:  # measure later in a fresh process (--keep): serving RSS without the build's heap
+        return dict(n=n, nlist=engine.nlist, load=os.getloadavg()[0], **times)
     if args.nprobe:
         engine.nprobe = args.nprobe
     if args.rerank:
@@ -163,7 +175,7 @@ def measure(n: int, base: np.ndarray, w: np.ndarray, queries: np.ndarray, args) 
     truth, certified = certified_truth(out_dir, meta, w, queries[:nt], k, args.truth_pool)
     row = dict(
         n=n, kind=engine.kind, codec=engine.codec, nlist=engine.nlist, nprobe=engine.nprobe,
-        rerank=engine.rerank_factor, store=meta["histogram_dtype"], build_s=build_s, engine=how,
+        rerank=engine.rerank_factor, store=meta["histogram_dtype"], **times,
         qps=args.batch * args.batches / search_s, recall=recall(results[0][:nt], truth),
         certified=int(certified.sum()), truth_queries=nt,
         recall_certified=recall(results[0][:nt][certified], truth[certified]) if certified.any() else None,
@@ -248,6 +260,8 @@ def main() -> None:
                         help="keep each engine directory (a later run with the same N, data and settings "
                         "reuses it; other index settings re-index the kept store)")
     parser.add_argument("--rebuild", action="store_true", help="build even when a kept engine matches")
+    parser.add_argument("--build-only", action="store_true",
+                        help="build (or find) the engines and stop; with --keep, a later run measures them")
     parser.add_argument("--codec", choices=tuning.CODECS, help="override the codec the engine picks")
     parser.add_argument("--nlist", type=int, help="override the number of IVF cells the engine picks")
     parser.add_argument("--nprobe", type=int, help="override the cells probed per query")
@@ -272,7 +286,7 @@ def main() -> None:
         print(json.dumps(row), flush=True)
         with open(args.jsonl, "a") as fh:
             fh.write(json.dumps(row) + "\n")
-        if "error" not in row:
+        if "error" not in row and not args.build_only:
             rows.append(row)
     print("\n" + table(rows), flush=True)
 

@@ -23,6 +23,8 @@ they share whichever path is installed.
 
 from __future__ import annotations
 
+import ctypes
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -69,14 +71,22 @@ def _xlog2x(x: np.ndarray) -> np.ndarray:
     return x * np.log(np.where(x > 0, 2 * x, 1.0))  # small arrays: (nq, D*B, 1) or (1, 1, 256)
 
 
-def distances_to_candidates(tables: np.ndarray, codes: np.ndarray, cand: np.ndarray) -> np.ndarray:
+def distances_to_candidates(tables: np.ndarray, codes, cand: np.ndarray) -> np.ndarray:
     """Distance of query i to each of its candidates ``cand[i]`` (-1: none -> inf): float32 (nq, R).
 
-    ``codes``: the store's uint8 rows as (N, D*B) (a memory map is read in place).
+    ``codes``: the store's uint8 rows as an (N, D*B) array, or a ``RowFile`` (rows read with pread).
     """
     out = np.empty(cand.shape, dtype=np.float32)
+    cand = np.ascontiguousarray(cand, dtype=np.int64)
+    if isinstance(codes, RowFile):
+        if _pread_kernel is not None:
+            failed = _pread_kernel(tables, codes.fd, codes.width, cand, out, np.empty(codes.width, np.uint8))
+            if failed:
+                raise OSError(f"{codes.path}: {failed} rows could not be read (file truncated?)")
+            return out
+        codes = codes.rows
     if _kernel is not None:
-        _kernel(tables, codes, np.ascontiguousarray(cand, dtype=np.int64), out)
+        _kernel(tables, codes, cand, out)
         return out
     for i in range(len(cand)):
         ok = cand[i] >= 0
@@ -85,6 +95,26 @@ def distances_to_candidates(tables: np.ndarray, codes: np.ndarray, cand: np.ndar
         out[i] = np.inf
         out[i][ok] = sums.astype(np.float32)
     return out
+
+
+class RowFile:
+    """The rows of a uint8 store file, read with ``pread`` one candidate at a time: the pages stay in the
+    shared page cache and never enter this process's RSS (a memory map would: this kernel maps whole
+    large folios, so random rows map most of the file within a few queries). ``rows``: the memory map, for
+    the numpy fallback. One descriptor per store, shared by threads (pread has no file position)."""
+
+    def __init__(self, path, rows: np.ndarray):
+        self.path, self.rows = path, rows
+        self.width = int(np.prod(rows.shape[1:]))
+        self.fd = os.open(path, os.O_RDONLY)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __del__(self):
+        self.close()
 
 
 def rerank(metric: str, queries: np.ndarray, w: np.ndarray, codes: np.ndarray, cand: np.ndarray,
@@ -139,4 +169,40 @@ def _sum_rows(tables, codes, cand, out):
             out[i, k] = (a0 + a1) + (a2 + a3)
 
 
+def _sum_rows_pread(tables, fd, width, cand, out, buf):
+    """``_sum_rows`` with each candidate row read into ``buf`` by pread; returns the count of short reads."""
+    nq, r = cand.shape
+    body = width - width % 4
+    failed = 0
+    for i in range(nq):
+        table = tables[i]
+        for k in range(r):
+            row = cand[i, k]
+            if row < 0:
+                out[i, k] = np.inf
+                continue
+            if _pread(fd, buf.ctypes.data, width, row * width) != width:
+                failed += 1
+                out[i, k] = np.nan
+                continue
+            a0 = a1 = a2 = a3 = 0.0
+            for j in range(0, body, 4):
+                a0 += table[j, buf[j]]
+                a1 += table[j + 1, buf[j + 1]]
+                a2 += table[j + 2, buf[j + 2]]
+                a3 += table[j + 3, buf[j + 3]]
+            for j in range(body, width):
+                a0 += table[j, buf[j]]
+            out[i, k] = (a0 + a1) + (a2 + a3)
+    return failed
+
+
 _kernel = njit(nogil=True, cache=True)(_sum_rows) if njit is not None else None
+try:  # POSIX pread from libc; elsewhere the rows come from the memory map (numpy-side gather)
+    _pread = ctypes.CDLL(None, use_errno=True).pread
+    _pread.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int64]
+    _pread.restype = ctypes.c_ssize_t
+except (OSError, AttributeError, TypeError):  # pragma: no cover - not Linux/macOS
+    _pread = None
+# not cached on disk: a ctypes function pointer is a per-process constant (compiled on first use, ~1 s)
+_pread_kernel = njit(nogil=True)(_sum_rows_pread) if njit is not None and _pread is not None else None

@@ -43,6 +43,7 @@ class SearchEngine:
         self.nprobe = int(nprobe)
         self.rerank_factor = int(rerank_factor)
         self.codec = codec
+        self._row_file = None  # code_tables.RowFile of a memory-mapped uint8 store, opened on first re-rank
 
     # ---------------------------------------------------------------- construction
     @classmethod
@@ -147,8 +148,9 @@ class SearchEngine:
         for start in range(0, self.size, SCAN_BLOCK):
             stop = min(self.size, start + SCAN_BLOCK)
             ids = np.arange(start, stop, dtype=np.int64)
-            if tables is not None:
-                dist = code_tables.distances_to_rows(tables, self._codes, start, stop)
+            if tables is not None:  # contiguous rows: one plain read per block (page cache, not RSS)
+                block = self._store.read_raw(start, stop).reshape(stop - start, -1)
+                dist = code_tables.distances_to_rows(tables, block, 0, stop - start)
             else:
                 dist = pairwise(metric, q, self._store[start:stop], self._weights)
             keys = ranking.encode_keys(dist, ids[None, :])  # (nq, c)
@@ -204,9 +206,15 @@ class SearchEngine:
         return code_tables.query_tables(metric, q, self._weights) if self._store.dtype == U8 else None
 
     @property
-    def _codes(self) -> np.ndarray:
-        """The uint8 store as (N, D*B) rows (a view of the memory map)."""
-        return self._store.raw.reshape(self.size, self.dim * self.bins)
+    def _codes(self):
+        """The uint8 rows for the re-rank: a ``code_tables.RowFile`` (pread) over a memory-mapped store, so
+        random candidate rows never map the store into this process; the (N, D*B) array otherwise."""
+        rows = self._store.raw.reshape(self.size, self.dim * self.bins)
+        if not isinstance(self._store.raw, np.memmap) or self._store.path is None:
+            return rows
+        if self._row_file is None:
+            self._row_file = code_tables.RowFile(self._store.path, rows)
+        return self._row_file
 
     def _rerank(self, q: np.ndarray, cand: np.ndarray, metric: str) -> np.ndarray:
         """Divergence of each query to its candidates (-1 entries get inf). (nq, R) float32"""

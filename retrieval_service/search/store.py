@@ -103,6 +103,18 @@ class HistogramStore:
     def __getitem__(self, key) -> np.ndarray:
         return decode(np.asarray(self.raw[key]))
 
+    def read_raw(self, start: int, stop: int) -> np.ndarray:
+        """Stored (undecoded) rows [start, stop): read from the file when memory-mapped, so a full scan
+        leaves the pages in the page cache without mapping them into this process."""
+        if not isinstance(self.raw, np.memmap) or self.path is None:
+            return np.asarray(self.raw[start:stop])
+        row = int(np.prod(self.raw.shape[1:])) * self.raw.dtype.itemsize
+        with open(self.path, "rb") as fh:
+            data = os.pread(fh.fileno(), (stop - start) * row, start * row)
+        if len(data) != (stop - start) * row:
+            raise IndexIntegrityError(f"{self.path}: short read at rows {start}..{stop} (truncated?)")
+        return np.frombuffer(data, dtype=self.raw.dtype).reshape(stop - start, *self.raw.shape[1:])
+
     def release(self) -> None:
         """Drop this process's mapping of pages it has read (a pass over the whole store): they stay in the
         page cache for other processes, but no longer count in this process's RSS."""

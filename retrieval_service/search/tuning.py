@@ -57,12 +57,14 @@ def default_nprobe(nlist: int) -> int:
 
 
 def pq_nlist(n: int) -> int:
-    """~sqrt(N) / 3 cells for the PQ tier (1054 at 10 M): assigning every vector costs O(N^1.5 / 3)."""
-    return max(1, min(round(math.sqrt(n) / 3), n // TRAIN_POINTS_PER_CELL))
+    """~sqrt(N) cells for the PQ tier (3162 at 10 M). At 1 M, 1000 cells with 72 probes reached recall@100
+    0.9994 where 333 cells with 24 probes (the same 72,000 codes scanned) reached 0.9972: smaller cells
+    spend the scan on nearer codes. Assignment costs N * nlist * 128 multiply-adds: ~1 min at 10 M."""
+    return max(1, min(round(math.sqrt(n)), n // TRAIN_POINTS_PER_CELL))
 
 
 def pq_nprobe(nlist: int) -> int:
-    """1/16 of the cells, at least 24: at 10 M, 33 probes (1/32) gave recall@100 0.987, 66 gave 0.993."""
+    """1/16 of the cells, at least 24 (with 1054 cells at 10 M, 1/32 gave recall@100 0.987, 1/16 0.993)."""
     return min(nlist, max(PQ_MIN_NPROBE, math.ceil(nlist / 16)))
 
 
