@@ -9,11 +9,12 @@ one table T[j, c] (D*B x 256, float32) holds every term the query can meet:
 - skl: T[j, c] = w_j / 2 * (p - q) (log(p + eps) - log(q + eps)) (>= 0, no renormalisation).
 
 A candidate's distance is then sum_j T[j, c_j]: 768 gathers from a 768 KB table that stays in L2, against
-~10 numpy passes with two logs per element (measured 6-7x faster on the re-rank of 2,048 candidates,
-bench/results/scale.md). The table is computed in float64 and rounded once per entry; the sum runs in float64
-and is rounded to float32 at the end: every term is non-negative, so the relative error is ~6e-8, below the
-float32 element-wise path's. The kernel reads the candidate rows straight from the memory-mapped store (no
-gathered copy) and releases the GIL.
+~10 numpy passes with two logs per element (4-5x faster on the re-rank of 2,048 candidates, table included:
+``bench/search_rerank.py``, bench/results/scale.md). The table is computed in float64 and rounded once per
+entry; the sum runs in float64 and is rounded to float32 at the end: every term is non-negative, so the
+relative error is ~6e-8, below the float32 element-wise path's (they differ by <= 6e-6 relative). The kernel
+reads each candidate row in place (an array) or with pread (``RowFile``), never a gathered copy, and releases
+the GIL.
 
 The exact scan of a uint8 store uses the same kernel (``distances_to_rows``), so both search paths give a
 source the same distance bit for bit. Without numba the same sums are taken with numpy (float64, another
