@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from services.extract import DescriptorExtractor, count_at_least, fit_edges
-from services.filters import gabor_kernels
+from services.filters import band_product, gabor_kernels
 from services.images import load_image
 from services.spec import DescriptorSpec, GaborParams, gabor_spec
 
@@ -107,10 +107,11 @@ def stage_profile(extractor: DescriptorExtractor, images: np.ndarray, repeats: i
                 spectrum = torch.fft.fft2(padded)
                 t = tick(f"forward fft2 {group.n}^2", t)
                 for sc in group.scales:
-                    part = spectrum
-                    if sc.band is not None:
-                        part = spectrum.index_select(-2, sc.band).index_select(-1, sc.band)
-                    freq = part.unsqueeze(1) * sc.spectrum
+                    if sc.band is None:
+                        freq = spectrum.unsqueeze(1) * sc.spectrum
+                    else:
+                        freq = band_product(spectrum, sc.spectrum, torch.empty(
+                            (n, *sc.spectrum.shape), dtype=spectrum.dtype))
                     m = freq.shape[-1]
                     t = tick(f"scale {sc.index}: band crop + spectrum product", t)
                     resp = torch.fft.ifft2(freq)

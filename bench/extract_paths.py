@@ -113,7 +113,9 @@ def js_max(p: np.ndarray, q: np.ndarray) -> float:
 
 def compare_build_paths(data: Path, reference: Path, n: int, processes: int, save: bool) -> None:
     root = data / "imagewoof" / "val"
-    files = sorted(root.glob("*/*.JPEG"))[::5][:n]
+    every = sorted(root.glob("*/*.JPEG"))
+    files = every[:: max(1, len(every) // n)][:n]
+    n = len(files)  # rates are per image actually processed (the folder may hold fewer than asked)
     records = _records(root, files)
     batches = batch_plan(0, len(records), BATCH)
     if save or not reference.is_file():
@@ -156,10 +158,16 @@ def compare_build_paths(data: Path, reference: Path, n: int, processes: int, sav
             f"one worker's cost, {len(recs)} imagenet-source JPEGs, compiled: {cost:.2f} CPU-ms/img: "
             f"at most {cores * 1e3 / cost:.0f} img/s on {cores} idle cores"
         )
-    with np.load(reference) as stored:
-        k = min(len(stored["hists"]), n)
-        js = js_max(after[:k], stored["hists"][:k])
-    print(f"max JS against today's stored histograms ({k} images): {js:.2e}")
+    with np.load(reference) as stored:  # the stored images, through one worker's unit of work
+        ref_files = [data / f for f in stored["files"]]
+        ref_records = _records(data, ref_files)
+        extractor = worker_extractor(ExtractionSetup.of(spec, "cpu", None))
+        images = PositionedImages(data, ref_records, spec.size, range(len(ref_records)))
+        now = np.concatenate(
+            [describe_batch(extractor, images, b)[1] for b in batch_plan(0, len(ref_records), BATCH)]
+        )
+        js = js_max(now, stored["hists"])
+    print(f"max JS against today's stored histograms ({len(ref_files)} images): {js:.2e}")
     print(f"(cpus={os.cpu_count()}, load {os.getloadavg()[0]:.1f})")
 
 

@@ -11,7 +11,7 @@ Binning on CPU counts, per filter and inner edge, the values v >= t_j (vectorise
 differences of these counts are the bins. The Gabor bank's zero_below shrink is folded into the thresholds
 t_j instead of being a pass over the data (``shrink_thresholds``). Other devices use ``bin_counts``
 (searchsorted). With numba installed the counts run compiled and without the GIL (``services/binning.py``,
-1.7x the numpy calls, same counts); numpy's calls hold the GIL, so threads (``workers``) then overlap FFTs
+~2.5x the numpy calls, same counts); numpy's calls hold the GIL, so threads (``workers``) then overlap FFTs
 with binning but do not scale binning itself. For all cores, the build runs one process per core.
 """
 

@@ -108,6 +108,21 @@ def scratch(name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch
     return cache[key]
 
 
+def band_product(spectrum: torch.Tensor, kernels: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """out (N, O, m, m) = the central m x m band of spectrum (N, n, n) (``_Scale.band``: rows/columns
+    0..ceil(m/2)-1 and n-floor(m/2)..n-1) times kernels (O, m, m): four products of quadrants, the same
+    numbers as cropping first and one product, without writing the crop (measured 0.7x its time)."""
+    n, m = spectrum.shape[-1], kernels.shape[-1]
+    low, high = (m + 1) // 2, m // 2
+    parts = ((slice(0, low), slice(0, low)), (slice(n - high, n), slice(low, m)))
+    source = spectrum.unsqueeze(1)
+    for rows_in, rows_out in parts:
+        for cols_in, cols_out in parts:
+            torch.mul(source[..., rows_in, cols_in], kernels[..., rows_out, cols_out],
+                      out=out[..., rows_out, cols_out])
+    return out
+
+
 class FilterBank(nn.Module):
     """images -> list of per-layer responses, each float32 (N, D_l, H_l, W_l).
 
@@ -260,13 +275,12 @@ class GaborBank(FilterBank):
                 padded = lum[:, group.mirror][:, :, group.mirror]  # (N, n, n)
             spectrum = torch.fft.fft2(padded)  # (N, n, n) complex64
             for scale in group.scales:
-                part = spectrum
-                if scale.band is not None:  # the central m x m band: (N, m, m)
-                    part = spectrum.index_select(-2, scale.band).index_select(-1, scale.band)
-                shape = (part.shape[0], *scale.spectrum.shape)
-                freq = torch.mul(
-                    part.unsqueeze(1), scale.spectrum, out=scratch("freq", shape, part.dtype, part.device)
-                )
+                shape = (spectrum.shape[0], *scale.spectrum.shape)
+                freq = scratch("freq", shape, spectrum.dtype, spectrum.device)
+                if scale.band is None:
+                    torch.mul(spectrum.unsqueeze(1), scale.spectrum, out=freq)
+                else:  # the central m x m band, multiplied quadrant by quadrant (no cropped copy first)
+                    band_product(spectrum, scale.spectrum, freq)
                 resp = torch.fft.ifft2(freq)  # (N, O, m, m); a fresh output measured faster than in place
                 h = scale.samples
                 values = torch.view_as_real(resp)[:, :, :h, :h]  # (N, O, h, h, 2)
