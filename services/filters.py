@@ -20,6 +20,9 @@ from torch import nn
 
 from services.errors import WeightsError
 from services.fileio import file_sha256
+from services.luminance import COMPILED as LUMINANCE_COMPILED
+from services.luminance import luminance as compiled_luminance
+from services.luminance import mirror_pad
 from services.spec import ConvParams, DescriptorSpec, GaborParams, layer_weights
 from services.weights import IMAGENET_MEAN, IMAGENET_STD, load_state_dict, load_weights
 
@@ -159,6 +162,18 @@ class FilterBank(nn.Module):
         return view.reshape(view.shape[0], -1, *view.shape[-2:])
 
 
+def compiled_luminance_fits(pixels: torch.Tensor, device: torch.device, size: int) -> bool:
+    """Whether the compiled luminance + padding applies: CPU, uint8 NHWC batches of the bank's size."""
+    return (
+        LUMINANCE_COMPILED
+        and device.type == "cpu"
+        and pixels.device.type == "cpu"
+        and pixels.dtype == torch.uint8
+        and pixels.ndim == 4
+        and tuple(pixels.shape[1:]) == (size, size, 3)
+    )
+
+
 class _Scale(NamedTuple):
     """One scale's share of a forward FFT: its spectrum, and where its samples lie."""
 
@@ -262,11 +277,18 @@ class GaborBank(FilterBank):
         """Per scale (0, filter ids, values (N, O, h, h, 2)): h = S, or ceil(S / d) when ``sampled``; a
         strided view into the inverse FFT's output. Unless ``sampled``, |v| <= zero_below is set to 0
         (``sampled`` leaves that to the caller: ``DescriptorExtractor`` folds it into its thresholds)."""
-        lum = self.luminance(images)
+        pixels = torch.as_tensor(images)
+        compiled = compiled_luminance_fits(pixels, self.luma.device, self.size)
+        if compiled:  # services/luminance.py: fewer passes over memory than the matmul + F.pad below
+            planes = compiled_luminance(pixels.numpy(), (self.luma * (1.0 / 255.0)).numpy())
+        else:
+            lum = self.luminance(pixels)
         size = self.size
         for group in self.plan(sampled):
             n, before = group.n, group.before
-            if n - size - before < size:  # torch's reflect = scipy's mirror; one fused op
+            if compiled:
+                padded = torch.from_numpy(mirror_pad(planes, group.mirror.numpy()))
+            elif n - size - before < size:  # torch's reflect = scipy's mirror; one fused op
                 padded = F.pad(
                     lum[:, None], (before, n - size - before, before, n - size - before), mode="reflect"
                 )
