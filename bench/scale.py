@@ -70,6 +70,15 @@ def store_blocks(path: Path, shape, dtype, block: int = 65536):
             yield start, store_mod.decode(raw)
 
 
+def read_through(path: Path, block: int = 64 << 20) -> float:
+    """Read a file once, sequentially (into the page cache, not this process's RSS); returns seconds."""
+    started = time.perf_counter()
+    with open(path, "rb", buffering=0) as fh:
+        while fh.read(block):
+            pass
+    return time.perf_counter() - started
+
+
 def certified_truth(engine_dir: Path, meta: dict, w: np.ndarray, queries: np.ndarray, k: int, pool: int):
     """Exact top-k ids by JS (nq, k) and a per-query bool: certified by the Hellinger bound."""
     dtype = np.dtype(meta["histogram_dtype"])
@@ -159,20 +168,28 @@ def measure(n: int, base: np.ndarray, w: np.ndarray, queries: np.ndarray, args) 
     times = dict(build_s=build_s, store_s=key["store_s"], index_s=key["index_s"], engine=how)
     if args.build_only:  # measure later in a fresh process (--keep): serving RSS without the build's heap
         return dict(n=n, nlist=engine.nlist, load=os.getloadavg()[0], **times)
-    if args.nprobe:
-        engine.nprobe = args.nprobe
-    if args.rerank:
-        engine.rerank_factor = args.rerank
+    # search-time settings: today's rule (a reused engine.json holds those of its build) unless overridden
+    p = tuning.plan(n, *base.shape[1:], codec=args.codec, nlist=args.nlist)
+    engine.nprobe, engine.rerank_factor = args.nprobe or p.nprobe, args.rerank or p.rerank_factor
     after_build = proc_status()
     k, batches = args.k, [queries[i * args.batch : (i + 1) * args.batch] for i in range(args.batches)]
+    meta = json.loads((out_dir / "engine.json").read_text())
+    store_path = out_dir / store_mod.store_file(np.dtype(meta["histogram_dtype"]))
+    warm_s = read_through(store_path) if args.warm_store else None
     engine.search(queries[: args.batch // 8], k=k)  # warm-up
     started = time.perf_counter()
     results = [engine.search(b, k=k)[1] for b in batches]
     search_s = time.perf_counter() - started
     serving = proc_status()
-    meta = json.loads((out_dir / "engine.json").read_text())
     nt = args.truth_queries
-    truth, certified = certified_truth(out_dir, meta, w, queries[:nt], k, args.truth_pool)
+    truth_file = out_dir / f"truth-{nt}-{args.truth_pool}.npz"  # exact for this store and these queries
+    if truth_file.exists():
+        kept = np.load(truth_file)
+        truth, certified = kept["truth"], kept["certified"]
+    else:
+        truth, certified = certified_truth(out_dir, meta, w, queries[:nt], k, args.truth_pool)
+        if args.keep:
+            np.savez(truth_file, truth=truth, certified=certified)
     row = dict(
         n=n, kind=engine.kind, codec=engine.codec, nlist=engine.nlist, nprobe=engine.nprobe,
         rerank=engine.rerank_factor, store=meta["histogram_dtype"], **times,
@@ -180,7 +197,7 @@ def measure(n: int, base: np.ndarray, w: np.ndarray, queries: np.ndarray, args) 
         certified=int(certified.sum()), truth_queries=nt,
         recall_certified=recall(results[0][:nt][certified], truth[certified]) if certified.any() else None,
         rss_mb=serving["VmRSS"], rss_anon_mb=serving["RssAnon"], rss_file_mb=serving["RssFile"],
-        peak_rss_mb=serving["VmHWM"], build_rss_mb=after_build["VmRSS"],
+        peak_rss_mb=serving["VmHWM"], build_rss_mb=after_build["VmRSS"], store_read_s=warm_s,
         disk_bytes_per_source=sum(f.stat().st_size for f in out_dir.iterdir()) / n,
         load=os.getloadavg()[0],
     )
@@ -260,6 +277,8 @@ def main() -> None:
                         help="keep each engine directory (a later run with the same N, data and settings "
                         "reuses it; other index settings re-index the kept store)")
     parser.add_argument("--rebuild", action="store_true", help="build even when a kept engine matches")
+    parser.add_argument("--warm-store", action="store_true",
+                        help="read the store once before timing (steady state: the store in the page cache)")
     parser.add_argument("--build-only", action="store_true",
                         help="build (or find) the engines and stop; with --keep, a later run measures them")
     parser.add_argument("--codec", choices=tuning.CODECS, help="override the codec the engine picks")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import faiss
@@ -218,17 +219,26 @@ class SearchEngine:
 
     def _rerank(self, q: np.ndarray, cand: np.ndarray, metric: str) -> np.ndarray:
         """Divergence of each query to its candidates (-1 entries get inf). (nq, R) float32"""
+        threads = max(1, faiss.omp_get_max_threads())  # as many as FAISS's candidate search uses
         if self._store.dtype == U8:
-            threads = max(1, faiss.omp_get_max_threads())  # as many as FAISS's candidate search uses
             return code_tables.rerank(metric, q, self._weights, self._codes, cand, threads)
         nq, r = cand.shape
         out = np.full((nq, r), np.inf, dtype=np.float32)
         step = max(1, RERANK_PAIRS // r)
-        for s in range(0, nq, step):
+
+        def block(s: int) -> None:  # numpy's large ufuncs release the GIL: blocks run on separate cores
             c = cand[s : s + step]
             hist = self._store[np.maximum(c, 0).reshape(-1)].reshape(*c.shape, self.dim, self.bins)
             d = paired(metric, q[s : s + step], hist, self._weights)
             out[s : s + step] = np.where(c >= 0, d, np.inf)
+
+        starts = range(0, nq, step)
+        if threads > 1 and len(starts) > 1:
+            with ThreadPoolExecutor(min(threads, len(starts))) as pool:
+                list(pool.map(block, starts))
+        else:
+            for s in starts:
+                block(s)
         return out
 
     # ---------------------------------------------------------------- persistence

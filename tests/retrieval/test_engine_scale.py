@@ -25,10 +25,10 @@ D, B = 48, 16
         (10_000, "flat", "-", 0, 0, 2, "<f2"),
         (200_000, "ivf", "sq8", 1789, 112, 2, "<f2"),  # 4 sqrt(N) cells, 1/16 probed
         (999_999, "ivf", "sq8", 4000, 250, 2, "<f2"),
-        (1_000_000, "ivf", "pq", 1000, 63, 16, "<f2"),  # PQ tier: sqrt(N) cells, deeper re-rank
-        (2_796_202, "ivf", "pq", 1672, 105, 16, "<f2"),  # the largest float16 store under 4 GiB
-        (2_796_203, "ivf", "pq", 1672, 105, 16, "|u1"),
-        (10_000_000, "ivf", "pq", 3162, 198, 16, "|u1"),
+        (1_000_000, "ivf", "pq", 1000, 42, 16, "<f2"),  # PQ tier: sqrt(N) cells, deeper re-rank
+        (2_796_202, "ivf", "pq", 1672, 70, 16, "<f2"),  # the largest float16 store under 4 GiB
+        (2_796_203, "ivf", "pq", 1672, 70, 32, "|u1"),  # uint8: table re-rank, twice as deep
+        (10_000_000, "ivf", "pq", 3162, 132, 32, "|u1"),
     ],
 )
 def test_plan_follows_corpus_size(n, kind, codec, nlist, nprobe, rerank, dtype):
@@ -176,3 +176,22 @@ def test_pread_rows_give_the_memory_map_distances(on_disk, real):  # noqa: F811
     np.testing.assert_array_equal(code_tables.distances_to_candidates(tables, row_file, cand),
                                   code_tables.distances_to_candidates(tables, rows, cand))
     np.testing.assert_array_equal(engine._store.read_raw(5, 30), engine._store.raw[5:30])
+
+
+@pytest.mark.parametrize("dtype", ["<f2", "|u1"])
+def test_threaded_rerank_gives_the_single_thread_answers(corpus, real, dtype):  # noqa: F811
+    import faiss
+
+    _, queries, w = real
+    many = np.concatenate([queries] * (1 + 48 // len(queries)))  # several re-rank blocks
+    engine = SearchEngine.build(corpus, w, kind="ivf", codec="pq", store_dtype=dtype)
+    before = faiss.omp_get_max_threads()
+    try:
+        faiss.omp_set_num_threads(1)
+        one = engine.search(many, k=10)
+        faiss.omp_set_num_threads(2)
+        two = engine.search(many, k=10)
+    finally:
+        faiss.omp_set_num_threads(before)
+    np.testing.assert_array_equal(one[0], two[0])
+    np.testing.assert_array_equal(one[1], two[1])
