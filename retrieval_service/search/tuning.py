@@ -10,9 +10,11 @@ Tiers (measured in bench/results/scale.md on 2 shared cores, k = 100, recall@100
 
 From 1 M on the build cost, not the search, sets the index: assigning N vectors to nlist cells costs
 N * nlist * dim multiply-adds, so the ``pq`` tier assigns in 128 PCA dimensions (6x cheaper than 768) to
-~sqrt(N) / 3 cells, and stores 64-byte codes (12x smaller than SQ8). The approximate candidate order is paid
-back by a deeper exact re-rank (``PQ_RERANK_FACTOR``). Any explicit argument overrides the rule (build flags,
-or ``nprobe`` / ``rerank_factor`` edited in ``engine.json``).
+sqrt(N) cells (~1 min at 10 M), 1/24 probed, and stores 64-byte codes (12x smaller than SQ8). The approximate
+candidate order is paid back by a deeper exact re-rank (``PQ_RERANK_FACTOR``; twice that on uint8 stores,
+whose table re-rank is ~4x cheaper). Any explicit argument overrides the rule (``build --nlist/--nprobe``,
+``serve --nprobe``, or ``nprobe`` / ``rerank_factor`` edited in ``engine.json``). ``pqfs`` (4-bit fast-scan
+PQ) is never chosen: its candidate order at 1 M was far too coarse (bench/results/scale.md).
 """
 
 from __future__ import annotations
