@@ -57,7 +57,9 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     args, passthrough = parse(argv)
-    target = args.target or str(args.data / "imagewoof")
+    # Relative to the working directory (the project root: ../shared/data/...), so the command and config
+    # recorded in ablation.json name no machine path.
+    target = args.target or os.path.relpath(args.data / "imagewoof")
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:
         url = args.service
