@@ -277,6 +277,8 @@ class GaborBank(FilterBank):
         """Per scale (0, filter ids, values (N, O, h, h, 2)): h = S, or ceil(S / d) when ``sampled``; a
         strided view into the inverse FFT's output. Unless ``sampled``, |v| <= zero_below is set to 0
         (``sampled`` leaves that to the caller: ``DescriptorExtractor`` folds it into its thresholds)."""
+        if isinstance(images, np.ndarray) and not images.flags.writeable:
+            images = images.copy()  # torch cannot share a read-only buffer (it would warn): the rare case
         pixels = torch.as_tensor(images)
         compiled = compiled_luminance_fits(pixels, self.luma.device, self.size)
         if compiled:  # services/luminance.py: fewer passes over memory than the matmul + F.pad below
