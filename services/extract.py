@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from services.binning import COMPILED, count_at_least_compiled
+from services.chunks import run_chunks
 from services.errors import DescriptorError
 from services.filters import FilterBank, build_bank, conv_spec
 from services.images import DEFAULT_MAX_PIXELS, ImageSource, load_image
@@ -235,12 +236,7 @@ class DescriptorExtractor:
                 batch[start : start + self.chunk_size]
             )
 
-        if self.workers > 1 and len(starts) > 1:
-            with ThreadPoolExecutor(min(self.workers, len(starts))) as pool:
-                list(pool.map(run, starts))
-        else:
-            for start in starts:
-                run(start)
+        run_chunks(run, starts, self.workers)
         return out
 
     @torch.inference_mode()
@@ -293,12 +289,7 @@ class DescriptorExtractor:
             chunk = self.load_batch(sources[start : start + self.chunk_size], max_pixels)
             out[start : start + len(chunk)] = self._chunk_histograms(chunk)
 
-        if workers > 1 and len(starts) > 1:
-            with ThreadPoolExecutor(min(workers, len(starts))) as pool:
-                list(pool.map(run, starts))
-        else:
-            for start in starts:
-                run(start)
+        run_chunks(run, starts, workers)
         return out
 
 

@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import ctypes
 import os
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from services.chunks import run_chunks
 from services.divergence import SKL_EPS
 
 try:  # optional, like services/binning.py: the numpy path computes the same sums, slower
@@ -130,13 +130,7 @@ def rerank(metric: str, queries: np.ndarray, w: np.ndarray, codes: np.ndarray, c
         tables = query_tables(metric, queries[start:stop], w)
         out[start:stop] = distances_to_candidates(tables, codes, cand[start:stop])
 
-    starts = range(0, len(queries), QUERY_CHUNK)
-    if threads > 1 and len(starts) > 1:
-        with ThreadPoolExecutor(min(threads, len(starts))) as pool:
-            list(pool.map(chunk, starts))
-    else:
-        for start in starts:
-            chunk(start)
+    run_chunks(chunk, range(0, len(queries), QUERY_CHUNK), threads)
     return out
 
 
@@ -146,10 +140,24 @@ def distances_to_rows(tables: np.ndarray, codes: np.ndarray, start: int, stop: i
     return distances_to_candidates(tables, codes, np.broadcast_to(rows, (len(tables), len(rows))))
 
 
+def _row_distance(table, code, width):
+    """One candidate's distance: the sum of its bins' table entries."""
+    body = width - width % 4
+    # four running sums: one float64 chain would wait on the add latency at every bin
+    a0 = a1 = a2 = a3 = 0.0
+    for j in range(0, body, 4):
+        a0 += table[j, code[j]]
+        a1 += table[j + 1, code[j + 1]]
+        a2 += table[j + 2, code[j + 2]]
+        a3 += table[j + 3, code[j + 3]]
+    for j in range(body, width):
+        a0 += table[j, code[j]]
+    return (a0 + a1) + (a2 + a3)
+
+
 def _sum_rows(tables, codes, cand, out):
     nq, r = cand.shape
     width = codes.shape[1]
-    body = width - width % 4
     for i in range(nq):
         table = tables[i]
         for k in range(r):
@@ -157,23 +165,12 @@ def _sum_rows(tables, codes, cand, out):
             if row < 0:
                 out[i, k] = np.inf
                 continue
-            code = codes[row]
-            # four running sums: one float64 chain would wait on the add latency at every bin
-            a0 = a1 = a2 = a3 = 0.0
-            for j in range(0, body, 4):
-                a0 += table[j, code[j]]
-                a1 += table[j + 1, code[j + 1]]
-                a2 += table[j + 2, code[j + 2]]
-                a3 += table[j + 3, code[j + 3]]
-            for j in range(body, width):
-                a0 += table[j, code[j]]
-            out[i, k] = (a0 + a1) + (a2 + a3)
+            out[i, k] = _row_distance(table, codes[row], width)
 
 
 def _sum_rows_pread(tables, fd, width, cand, out, buf):
     """``_sum_rows`` with each candidate row read into ``buf`` by pread; returns the count of short reads."""
     nq, r = cand.shape
-    body = width - width % 4
     failed = 0
     for i in range(nq):
         table = tables[i]
@@ -186,18 +183,12 @@ def _sum_rows_pread(tables, fd, width, cand, out, buf):
                 failed += 1
                 out[i, k] = np.nan
                 continue
-            a0 = a1 = a2 = a3 = 0.0
-            for j in range(0, body, 4):
-                a0 += table[j, buf[j]]
-                a1 += table[j + 1, buf[j + 1]]
-                a2 += table[j + 2, buf[j + 2]]
-                a3 += table[j + 3, buf[j + 3]]
-            for j in range(body, width):
-                a0 += table[j, buf[j]]
-            out[i, k] = (a0 + a1) + (a2 + a3)
+            out[i, k] = _row_distance(table, buf, width)
     return failed
 
 
+if njit is not None:  # compiled before the kernels that call it, inlined into them
+    _row_distance = njit(nogil=True, inline="always")(_row_distance)
 _kernel = njit(nogil=True, cache=True)(_sum_rows) if njit is not None else None
 try:  # POSIX pread from libc; elsewhere the rows come from the memory map (numpy-side gather)
     _pread = ctypes.CDLL(None, use_errno=True).pread

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import faiss
@@ -21,6 +20,7 @@ import numpy as np
 
 from retrieval_service.search import ann, code_tables, ranking, storage, tuning
 from retrieval_service.search.store import U8, HistogramStore, encode, open_store, store_file, write_store
+from services.chunks import run_chunks
 from services.divergence import METRICS, hellinger_embedding, paired, pairwise, validate_histograms
 from services.errors import DescriptorError, IndexIntegrityError
 from services.fileio import atomic_path, file_sha256
@@ -232,13 +232,7 @@ class SearchEngine:
             d = paired(metric, q[s : s + step], hist, self._weights)
             out[s : s + step] = np.where(c >= 0, d, np.inf)
 
-        starts = range(0, nq, step)
-        if threads > 1 and len(starts) > 1:
-            with ThreadPoolExecutor(min(threads, len(starts))) as pool:
-                list(pool.map(block, starts))
-        else:
-            for s in starts:
-                block(s)
+        run_chunks(block, range(0, nq, step), threads)
         return out
 
     # ---------------------------------------------------------------- persistence
