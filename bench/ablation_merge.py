@@ -33,7 +33,10 @@ class MergeError(ValueError):
 
 
 def recipe(config: dict) -> dict:
-    return {k: v for k, v in config.items() if k not in CELL_FIELDS}
+    """The fields that define the experiment; a field newer than the file had its default value then."""
+    defaults = RunConfig("target", "http://service", "out").to_dict()
+    full = {**defaults, **config}
+    return {k: v for k, v in full.items() if k not in CELL_FIELDS and k in defaults}
 
 
 def merge(results: list[dict], command: str) -> dict:
