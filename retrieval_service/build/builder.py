@@ -102,14 +102,14 @@ def build_index(
     """
     started = time.perf_counter()
     _check_arguments(bank, workers=workers, batch_size=batch_size, shard_size=shard_size,
-                     edge_sample=edge_sample, bins=bins, size=size,
-                     **{k: v for k, v in (("nlist", nlist), ("nprobe", nprobe)) if v is not None})
+                     edge_sample=edge_sample, bins=bins, size=size, nlist=nlist, nprobe=nprobe)
     out = Path(out).absolute()
     partial = out.with_name(out.name + ".partial")
     check_out(out, force)
 
     timings: dict[str, float] = {}
     corpus = _enumerate(source, image_column, label_column, follow_symlinks)
+    _check_nlist(nlist, len(corpus.records))  # before extraction: unreadable files only lower the count
     # torch is imported only now, so a wrong --source or --out fails in a fraction of a second.
     from services.extract import make_spec, resolve_device
 
@@ -184,12 +184,12 @@ def build_index(
     return report
 
 
-def _check_arguments(bank: str, **lower_bounded: int) -> None:
-    """BuildError naming the first bad argument (before anything slow happens)."""
+def _check_arguments(bank: str, **lower_bounded: int | None) -> None:
+    """BuildError naming the first bad argument (before anything slow happens); None: not given."""
     minimum = {"workers": 0, "batch_size": 1, "shard_size": 1, "edge_sample": 1, "bins": 2, "size": 8,
                "nlist": 1, "nprobe": 1}
     for name, value in lower_bounded.items():
-        if value < minimum[name]:
+        if value is not None and value < minimum[name]:
             raise BuildError(f"{name} must be >= {minimum[name]}, got {value}")
     if bank not in ("gabor", "conv"):
         raise BuildError(f"unknown bank {bank!r} (gabor or conv)")
@@ -258,6 +258,11 @@ def _finish(partial: Path, out: Path, force: bool, report: BuildReport, corpus: 
     )
 
 
+def _check_nlist(nlist: int | None, images: int) -> None:
+    if nlist is not None and nlist > images:
+        raise BuildError(f"nlist {nlist} exceeds the {images} indexed images (a cell needs one at least)")
+
+
 def _assemble(
     corpus: Corpus, spec: DescriptorSpec, partial: Path, shard_size: int, kind: str, device, progress: bool,
     nlist: int | None = None, nprobe: int | None = None,
@@ -295,8 +300,7 @@ def _assemble(
         for new_id, i in enumerate(kept)
     ]
     log.info("assembling the search engine over %d descriptors", len(kept))
-    if nlist is not None and nlist > len(kept):
-        raise BuildError(f"nlist {nlist} exceeds the {len(kept)} indexed images (a cell needs one at least)")
+    _check_nlist(nlist, len(kept))
     engine = SearchEngine.build(
         shards.hists[kept],  # float16 (N, D, B): the engine stores float16, so nothing is rounded twice
         spec.weights_array(),

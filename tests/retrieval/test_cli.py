@@ -179,6 +179,7 @@ def test_build_nlist_nprobe_flags_reach_the_engine_and_serve_overrides_nprobe(tm
     args = ["build", "--source", str(source), "--out", str(out), *BUILD_ARGS, "--kind", "ivf"]
     code, err = run_main(capsys, *args, "--nlist", "61")
     assert code == 2 and "nlist 61 exceeds the 60 indexed images" in err
+    assert not out.with_name("ivf.partial").exists()  # refused before any extraction
     assert main([*args, "--nlist", "6", "--nprobe", "2", "--force"]) == 0
     meta = json.loads((out / "engine.json").read_text())
     assert (meta["kind"], meta["nlist"], meta["nprobe"]) == ("ivf", 6, 2)
