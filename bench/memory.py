@@ -32,8 +32,8 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from retrieval_service.testdata import build_test_index  # noqa: E402
 from retrieval_service.testing import live_server  # noqa: E402
-from tests.retrieval.live_server import build_test_index  # noqa: E402
 
 MB = 1 << 20
 BUDGET_ABOVE_IDLE = 1 << 30

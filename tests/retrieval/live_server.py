@@ -8,29 +8,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from retrieval_service.testdata import build_test_index
 from retrieval_service.testing import READY_DEADLINE_S, live_server, wait_ready
-from tests.imagegen import write_image_folder
 
 REPO = Path(__file__).resolve().parents[2]
 
 __all__ = ["READY_DEADLINE_S", "REPO", "build_test_index", "live_server", "shared_index_root", "wait_ready"]
-
-
-def build_test_index(root: Path, per_class: int = 8, size: int = 32, bins: int = 8, seed: int = 0) -> Path:
-    """Index of generated images (6 texture classes, ``root/images``) in ``root/index``; reused if built.
-
-    Test modules pass a session-wide ``root`` (``shared_index_root``) so one build serves them all:
-    extraction is the slow part of server tests on a shared CPU.
-    """
-    from retrieval_service.build.builder import build_index
-
-    out = root / "index"
-    if (out / "index.json").is_file():
-        return out
-    images = root / "images"
-    write_image_folder(images, per_class=per_class, size=max(size, 32), seed=seed)
-    build_index(images, out, size=size, bins=bins, batch_size=64, workers=0, progress=False)
-    return out
 
 
 def shared_index_root(tmp_path_factory, per_class: int = 8, size: int = 32, bins: int = 8) -> Path:
