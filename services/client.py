@@ -26,6 +26,7 @@ from services.schemas import (
     JobCreate,
     JobEvent,
     JobList,
+    JobSummary,
     Metric,
     NeighborsRequest,
     NeighborsResponse,
@@ -332,7 +333,7 @@ class RetrievalClient:
     def get_job(self, job_id: str) -> Job:
         return Job.model_validate(self._json("GET", f"/v1/jobs/{job_id}"))
 
-    def list_jobs(self) -> list[Job]:
+    def list_jobs(self) -> list[JobSummary]:
         body = self._json("GET", "/v1/jobs")
         return JobList.model_validate(body if isinstance(body, dict) else {"jobs": body}).jobs
 

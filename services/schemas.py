@@ -6,14 +6,17 @@ descriptor shape) are checked by the service against its settings and index and 
 
 from __future__ import annotations
 
+import json
 import operator
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -30,6 +33,13 @@ ID_LIMIT = 2**53
 OFFSET_MAX = 1_000_000
 IDS_MAX = 1_000_000  # ids in one labels / sample / exclusion list
 HASHES_MAX = 100_000
+# Job records are small by design: a job registers a config and reports a metrics row per round, so every
+# field is bounded (a 60 MB config or a round with 10**6 source ids used to be stored and listed).
+JOB_BODY_MAX = 256 * 1024  # bytes of a /v1/jobs request body -> 413 beyond, before it is read
+JOB_CONFIG_MAX = 16 * 1024  # bytes of a job's config as compact JSON
+JOB_METRICS_MAX = 8 * 1024  # bytes of one event's metrics as compact JSON (48 source ids take ~350)
+JOB_JSON_DEPTH = 8  # nesting of config and metrics values
+JOB_MESSAGE_MAX = 10_000
 
 
 def _strict_int(value: Any) -> Any:
@@ -53,6 +63,28 @@ def wire_int(**bounds: int) -> Any:
     return Annotated[int, Field(**bounds), BeforeValidator(_strict_int)]
 
 
+def _decimal_text(value: Any) -> Any:
+    """Path, query and form integers: plain decimal digits only. Python's ``int()`` also reads ``"1_0"`` as
+    10, ``"+1"`` and ``" 1"`` as 1, so ``/v1/sources/1_0`` used to serve source 10."""
+    if isinstance(value, str):
+        if not (value.isascii() and value.isdigit() and len(value) <= 20):
+            raise ValueError("must be a non-negative decimal integer (digits only)")
+        return int(value)
+    return value
+
+
+def _form_bool(value: Any) -> Any:
+    """Form booleans: ``true`` or ``false`` only (pydantic would also read yes/on/1 as true)."""
+    if isinstance(value, str):
+        if value not in ("true", "false"):
+            raise ValueError("must be true or false")
+        return value == "true"
+    return value
+
+
+# For FastAPI parameters (Path/Query/Form carry the bounds); JSON bodies use wire_int and StrictBool.
+TextInt = Annotated[int, BeforeValidator(_decimal_text)]
+FormBool = Annotated[bool, BeforeValidator(_form_bool)]
 SourceId = wire_int(ge=0, lt=ID_LIMIT)
 Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="Lower-case hex SHA-256.")]
 _QUERY_KINDS = (("image_b64",), ("descriptor", "spec_hash"), ("source_id",))
@@ -69,9 +101,7 @@ def _query_schema(schema: dict[str, Any]) -> None:
         elif options:
             prop["anyOf"] = options
         prop.pop("default", None)
-    schema["oneOf"] = [
-        {"title": "+".join(kind), "required": list(kind)} for kind in _QUERY_KINDS
-    ]
+    schema["oneOf"] = [{"title": "+".join(kind), "required": list(kind)} for kind in _QUERY_KINDS]
 
 
 class Query(BaseModel):
@@ -127,7 +157,9 @@ class NeighborsRequest(BaseModel):
         0, description="Skip this many of the best neighbors (for incremental windows)."
     )
     metric: Metric = Field("js", description="js (weighted Jensen-Shannon) or skl (weighted symmetric KL).")
-    exact: bool = Field(False, description="Full scan with the divergence instead of the two-stage search.")
+    exact: StrictBool = Field(
+        False, description="Full scan with the divergence instead of the two-stage search (true or false)."
+    )
     exclude_source_ids: list[SourceId] = Field(
         default_factory=list,
         max_length=IDS_MAX,
@@ -244,6 +276,38 @@ class Sha256Response(BaseModel):
 JobStatus = Literal["registered", "running", "finished", "failed", "cancelled"]
 
 
+def _json_depth(value: Any, limit: int) -> int:
+    """Nesting depth of a JSON value, counted only up to ``limit + 1`` (never recurses deeper)."""
+    depth, level = 0, [value]
+    while level and depth <= limit:
+        depth += 1
+        level = [
+            child
+            for item in level
+            if isinstance(item, dict | list)
+            for child in (item.values() if isinstance(item, dict) else item)
+        ]
+    return depth
+
+
+def bounded_json(name: str, max_bytes: int, max_depth: int = JOB_JSON_DEPTH):
+    """A validator for a JSON object field: at most ``max_bytes`` as compact JSON, ``max_depth`` deep."""
+
+    def check(value: dict[str, Any]) -> dict[str, Any]:
+        if _json_depth(value, max_depth) > max_depth:
+            raise ValueError(f"{name} is nested more than {max_depth} levels deep")
+        size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+        if size > max_bytes:
+            raise ValueError(f"{name} is {size:,} bytes as JSON; at most {max_bytes:,} are kept")
+        return value
+
+    return AfterValidator(check)
+
+
+JobConfig = Annotated[dict[str, Any], bounded_json("config", JOB_CONFIG_MAX)]
+JobMetrics = Annotated[dict[str, Any], bounded_json("metrics", JOB_METRICS_MAX)]
+
+
 class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -251,7 +315,11 @@ class JobCreate(BaseModel):
     target: str | None = Field(
         None, max_length=1000, description="Where the target set lives (informational)."
     )
-    config: dict[str, Any] = Field(default_factory=dict, description="The trainer's configuration.")
+    config: JobConfig = Field(
+        default_factory=dict,
+        description=f"The trainer's configuration (at most {JOB_CONFIG_MAX:,} bytes as JSON, "
+        f"{JOB_JSON_DEPTH} levels deep).",
+    )
 
 
 class JobEvent(BaseModel):
@@ -262,13 +330,17 @@ class JobEvent(BaseModel):
     )
     round: wire_int(ge=0, lt=ID_LIMIT) | None = Field(None, description="Round number for round events.")
     status: JobStatus | None = Field(None, description="New status for status events.")
-    metrics: dict[str, Any] = Field(
-        default_factory=dict, description="Round metrics (accuracy, losses, K stats)."
+    metrics: JobMetrics = Field(
+        default_factory=dict,
+        description="Round metrics (accuracy, losses, K stats, a few source ids; at most "
+        f"{JOB_METRICS_MAX:,} bytes as JSON).",
     )
-    message: str | None = Field(None, max_length=10_000, description="Free text.")
+    message: str | None = Field(None, max_length=JOB_MESSAGE_MAX, description="Free text.")
 
 
-class Job(BaseModel):
+class JobSummary(BaseModel):
+    """A job as listed: everything but its events (``GET /v1/jobs/{job_id}`` has those)."""
+
     job_id: str = Field(..., description="Server-assigned id.")
     name: str
     target: str | None = None
@@ -277,12 +349,26 @@ class Job(BaseModel):
     updated: str = Field(..., description="ISO 8601.")
     rounds: int = Field(0, description="Rounds reported so far.")
     last_metrics: dict[str, Any] = Field(default_factory=dict, description="Metrics of the last round event.")
-    events: list[JobEvent] = Field(default_factory=list, description="Reported events, oldest first.")
     config: dict[str, Any] = Field(default_factory=dict)
 
 
+class Job(JobSummary):
+    """A job with its events, oldest first (the most recent ones: the service keeps a bounded number)."""
+
+    events: list[JobEvent] = Field(default_factory=list, description="Reported events, oldest first.")
+
+
 class JobList(BaseModel):
-    jobs: list[Job]
+    jobs: list[JobSummary] = Field(..., description="Most recently created first; events left out.")
+
+
+class Readiness(BaseModel):
+    """``GET /readyz``: 200 with ``index_size`` once the index is loaded, 503 with ``reason`` before."""
+
+    status: Literal["ok", "degraded", "not_ready"] = Field(..., description="degraded: Redis unreachable.")
+    redis: str = Field(..., description="ok, unavailable, or disabled (no Redis configured).")
+    index_size: int | None = Field(None, description="Source images in the loaded index (when ready).")
+    reason: str | None = Field(None, description="Why the index is not ready (when not ready).")
 
 
 class ErrorDetail(BaseModel):

@@ -10,13 +10,14 @@ from fastapi import Depends, FastAPI
 
 from retrieval_service.api.deps import document_bearer
 from retrieval_service.api.errors import install_error_handlers
-from retrieval_service.api.middleware import BodyLimit, BodyTimeout, Guard, RequestContext
+from retrieval_service.api.middleware import BodyLimit, BodyTimeout, Guard, JsonBody, RequestContext
 from retrieval_service.api.responses import V1_COMMON, document_errors, error_responses
 from retrieval_service.api.routes import catalog, health, jobs, neighbors, sources, ui
 from retrieval_service.api.routes import index as index_routes
 from retrieval_service.api.settings import Settings
 from retrieval_service.api.state import ServiceState
 from retrieval_service.api.thumbnails import ThumbnailCache
+from services.schemas import JOB_BODY_MAX
 
 
 def create_app(settings: Settings | None = None, index=None) -> FastAPI:
@@ -48,9 +49,12 @@ def create_app(settings: Settings | None = None, index=None) -> FastAPI:
         app.include_router(module.router, dependencies=v1, responses=error_responses(*V1_COMMON))
     generate_openapi = app.openapi
     app.openapi = lambda: app.openapi_schema or document_errors(neighbors.document_models(generate_openapi()))
-    # Added last = runs first: request id and metrics wrap everything, the body cap precedes auth and parsing.
+    # Added last = runs first: request id and metrics wrap everything; then the body deadline, auth (a caller
+    # without a token gets its 401 before anything else), the JSON content type, and the body cap, all
+    # before the body is parsed.
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, path_limits={"/v1/jobs": JOB_BODY_MAX})
+    app.add_middleware(JsonBody, multipart_paths=frozenset({"/v1/neighbors/upload"}))
     app.add_middleware(Guard, state=state)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(BodyTimeout, timeout_s=settings.body_timeout_s)
     app.add_middleware(RequestContext, state=state)
     logging.getLogger("retrieval_service").setLevel(settings.log_level.upper())

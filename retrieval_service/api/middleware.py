@@ -54,7 +54,7 @@ class RequestContext:
         scope.setdefault("state", {})["request_id"] = request_id
         started = time.perf_counter()
         status = 500
-        gone = False
+        gone = completed = False
 
         async def _receive() -> Message:
             nonlocal gone
@@ -63,11 +63,13 @@ class RequestContext:
             return message
 
         async def _send(message: Message) -> None:
-            nonlocal status
+            nonlocal status, completed
             if message["type"] == "http.response.start":
                 status = message["status"]
                 message.setdefault("headers", [])
                 message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                completed = True
             await send(message)
 
         try:
@@ -77,13 +79,14 @@ class RequestContext:
         except Exception:
             if not gone:
                 raise
-            log.info("client left %s %s before the answer [request %s]", scope["method"], scope["path"],
-                     request_id)
+            log.info(
+                "client left %s %s before the answer [request %s]", scope["method"], scope["path"], request_id
+            )
         finally:
             route = scope.get("route")
             # Route templates, never raw paths: unmatched paths must not grow the label set without bound.
             name = getattr(route, "path", None) or "unmatched"
-            if gone:
+            if gone and not completed:  # a client leaving after a whole answer (a 413 it read) is no 499
                 status = CLIENT_CLOSED
             self.state.metrics.observe(scope["method"], name, status, time.perf_counter() - started)
             self.state.metrics.redis_up.set(1 if self.state.redis.status_cached() == "ok" else 0)
@@ -104,7 +107,7 @@ class BodyTimeout:
             await self.app(scope, receive, send)
             return
         deadline = asyncio.get_running_loop().time() + self.timeout_s
-        body_done = timed_out = False
+        body_done = timed_out = started = False
 
         async def _receive() -> Message:
             nonlocal body_done, timed_out
@@ -121,7 +124,11 @@ class BodyTimeout:
             return message
 
         async def _send(message: Message) -> None:
-            if not timed_out:  # whatever the app answers to the cut-short body is replaced by the 408
+            nonlocal started
+            # Whatever the app answers to the cut-short body is replaced by the 408, unless it had already
+            # begun answering (BodyLimit's 413 goes out before it drains the body): that answer is finished.
+            if started or not timed_out:
+                started = started or message["type"] == "http.response.start"
                 await send(message)
 
         try:
@@ -129,32 +136,44 @@ class BodyTimeout:
         except Exception:
             if not timed_out:
                 raise
-        if timed_out:
+        if timed_out and not started:
             message = f"the request body did not arrive within {self.timeout_s:g} s"
-            await _send_error(send, 408, "request_timeout", message, {"timeout_s": self.timeout_s},
-                              headers={"Connection": "close"})
+            await _send_error(
+                send,
+                408,
+                "request_timeout",
+                message,
+                {"timeout_s": self.timeout_s},
+                headers={"Connection": "close"},
+            )
 
 
 class BodyLimit:
-    """413 when Content-Length or the bytes actually received exceed ``max_body_bytes``."""
+    """413 when Content-Length or the bytes actually received exceed the limit: ``max_bytes``, or a smaller
+    one for the paths in ``path_limits`` (prefix -> bytes; job records are small by design)."""
 
     DRAIN_BYTES = (
         16 * 1024 * 1024
     )  # read (and drop) at most this much more, so the 413 is not lost to a reset
 
-    def __init__(self, app: ASGIApp, max_bytes: int):
+    def __init__(self, app: ASGIApp, max_bytes: int, path_limits: dict[str, int] | None = None):
         self.app, self.max_bytes = app, max_bytes
+        self.path_limits = path_limits or {}
+
+    def limit_of(self, path: str) -> int:
+        limits = [v for prefix, v in self.path_limits.items() if path.startswith(prefix)]
+        return min([self.max_bytes, *limits])
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.max_bytes
-        declared = dict(scope["headers"]).get(b"content-length")
+        limit = self.limit_of(scope["path"])
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            await _drain(receive, True, self.DRAIN_BYTES)
             message = f"request body of {int(declared):,} bytes exceeds the limit of {limit:,} bytes"
-            await _send_error(send, 413, "payload_too_large", message, {"limit": limit})
+            await _refuse_declared(send, receive, message, limit, headers, self.DRAIN_BYTES)
             return
         received = 0
         more_body = True
@@ -189,6 +208,25 @@ class BodyLimit:
             await _send_error(send, 413, "payload_too_large", message, {"limit": limit})
 
 
+async def _refuse_declared(
+    send: Send, receive: Receive, message: str, limit: int, headers: dict, drain: int
+) -> None:
+    """413 for a body declared too large, answered at once (before any of the body arrives), then drained.
+
+    The whole answer goes out first (Content-Length, Connection: close) and only the final empty chunk waits
+    for the drain: a client that declared a terabyte and sends nothing has its 413 at once instead of after
+    the body deadline, and one that is sending gets the answer without a reset (closing with unread input
+    makes TCP reset the reply). A client waiting for ``100 Continue`` has sent nothing: no drain.
+    """
+    close = {"Connection": "close"}
+    start, body = _error_messages(413, "payload_too_large", message, {"limit": limit}, close)
+    await send(start)
+    await send({**body, "more_body": True})
+    if headers.get(b"expect", b"").lower() != b"100-continue":
+        await _drain(receive, True, drain)
+    await send({"type": "http.response.body", "body": b""})
+
+
 async def _drain(receive: Receive, more_body: bool, max_bytes: int) -> None:
     """Read what the client still sends (bounded): closing with unread input makes TCP reset the reply."""
     drained = 0
@@ -198,6 +236,36 @@ async def _drain(receive: Receive, more_body: bool, max_bytes: int) -> None:
             return
         drained += len(message.get("body", b""))
         more_body = message.get("more_body", False)
+
+
+class JsonBody:
+    """415 for a /v1 request body that is not declared JSON (``application/json`` or ``*/*+json``).
+
+    FastAPI would read such a body as bytes and answer a puzzling 422; worse, a body sent as ``text/plain``
+    or a form is what a cross-origin page can send without a CORS preflight. The multipart routes
+    (``multipart_paths``) take ``multipart/form-data`` instead.
+    """
+
+    METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+    def __init__(self, app: ASGIApp, multipart_paths: frozenset[str] = frozenset()):
+        self.app, self.multipart_paths = app, multipart_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or scope["method"] not in self.METHODS or not path.startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+        raw = dict(scope["headers"]).get(b"content-type", b"").decode("latin-1")
+        media = raw.split(";", 1)[0].strip().lower()
+        multipart = scope["path"] in self.multipart_paths
+        wanted = "multipart/form-data" if multipart else "application/json"
+        json_suffix = not multipart and media.startswith("application/") and media.endswith("+json")
+        if media == wanted or json_suffix:
+            await self.app(scope, receive, send)
+            return
+        message = f"send the body as Content-Type: {wanted} (got {raw[:100] or 'no content type'})"
+        await _send_error(send, 415, "unsupported_media_type", message, {"expected": wanted})
 
 
 class Guard:

@@ -116,5 +116,9 @@ def serve(**overrides) -> None:
         # header_timeout_s (protocol.py). A body that stalls is the BodyTimeout middleware's (408).
         http=HeadTimeoutH11Protocol,
         timeout_keep_alive=settings.keep_alive_s,
+        # uvicorn believes X-Forwarded-For from loopback by default, so any local client could pick the
+        # address the failed-auth and rate limits count: only configured proxies are believed.
+        proxy_headers=bool(settings.trusted_proxies.strip()),
+        forwarded_allow_ips=settings.trusted_proxies.strip() or "",
         h11_max_incomplete_event_size=64 * 1024,
     )

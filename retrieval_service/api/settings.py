@@ -76,6 +76,11 @@ class Settings(BaseSettings):
         ge=1,
         description="Failed authentications per minute per client address before 429 (guessing tokens).",
     )
+    trusted_proxies: str = Field(
+        "",
+        description="Comma-separated addresses (or CIDR networks) of reverse proxies whose X-Forwarded-For "
+        "names the client; empty = trust none, every per-client limit counts the peer address.",
+    )
     body_timeout_s: float = Field(
         30.0,
         gt=0,

@@ -96,7 +96,9 @@ class ThumbnailCache:
 
 
 def if_none_match_hits(if_none_match: str | None, etag: str) -> bool:
-    """True when an If-None-Match header names ``etag`` (or is ``*``): the caller's copy is current."""
+    """True when an If-None-Match header names ``etag`` (weak comparison) or is ``*`` (RFC 9110 13.1.2: any
+    current representation): the caller's copy is current. Call it only once the source is known present and
+    unchanged, so a deleted or changed file is a 404/409, never a 304."""
     if not if_none_match:
         return False
     tags = [t.strip().removeprefix("W/") for t in if_none_match.split(",")]
@@ -113,12 +115,12 @@ def thumbnail_response(
 ) -> Response:
     """The thumbnail answer of one source: 304 when the caller's ETag is current, else the cached or new JPEG.
 
-    ``read`` returns the source's bytes; it is called only when the thumbnail is not cached (or the manifest
-    has no sha256 to name it by).
+    ``read`` returns the source's bytes checked against the manifest (it raises for a file gone or changed).
+    It is called before every answer, a 304 or a cached thumbnail included: the ETag names the bytes the
+    index was built from, so a source changed on disk (even at the same size) must not keep its thumbnail.
     """
-    data = None
+    data = read()
     if not sha256:
-        data = read()
         sha256 = hashlib.sha256(data).hexdigest()
     etag = thumbnail_etag(sha256, size)
     headers = {"ETag": etag, "Cache-Control": "public, max-age=86400"}
@@ -126,7 +128,7 @@ def thumbnail_response(
         return Response(status_code=304, headers=headers)
     thumb = cache.get(etag)
     if thumb is None:
-        thumb = make_thumbnail(data if data is not None else read(), size, max_pixels)
+        thumb = make_thumbnail(data, size, max_pixels)
         cache.put(etag, thumb)
     return Response(thumb, media_type="image/jpeg", headers=headers)
 

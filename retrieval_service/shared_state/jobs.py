@@ -22,9 +22,9 @@ from datetime import UTC, datetime
 import redis
 
 from retrieval_service.shared_state.connection import RedisState
-from services.schemas import Job, JobCreate, JobEvent
+from services.schemas import Job, JobCreate, JobEvent, JobSummary
 
-MAX_EVENTS = 1000  # per job: a runaway reporter must not grow a key forever
+MAX_EVENTS = 500  # per job, the most recent: a runaway reporter must not grow a key forever
 DEFAULT_RETENTION_S = 7 * 24 * 3600
 ENDED = frozenset({"finished", "failed", "cancelled"})  # statuses after which a job only waits to expire
 
@@ -100,15 +100,19 @@ class JobRegistry:
     def _expired(self, job: Job) -> bool:
         return job.status in ENDED and time.time() - _score(job.updated) >= self.retention_s
 
-    def list(self, limit: int = 200) -> list[Job]:
-        """Most recently created first."""
+    def list(self, limit: int = 200) -> list[JobSummary]:
+        """Most recently created first, without their events (a listing stays small; ``get`` has them)."""
         ids = self.state.run(lambda c: [i.decode() for i in c.zrevrange(self._zset, 0, limit - 1)])
-        jobs: dict[str, Job] = {}
+        stored = self.state.run(lambda c: self._read_summaries(c, ids)) if ids else {}
+        jobs: dict[str, JobSummary] = {}
         gone = []
         for job_id in ids or []:
-            job = self.get(job_id)
-            if job is not None:
-                jobs[job_id] = job
+            summary = (stored or {}).get(job_id)
+            if summary is None:  # dirty, Redis lost it, or expired: the full path decides (and repairs)
+                job = self.get(job_id)
+                summary = _summary(job) if job is not None else None
+            if summary is not None:
+                jobs[job_id] = summary
             else:
                 gone.append(job_id)
         if gone:  # ended jobs past their retention: their keys expired, the index entry goes now
@@ -116,8 +120,18 @@ class JobRegistry:
         with self._lock:
             for job_id, job in self._memory.items():
                 if job_id in self._dirty or ids is None:
-                    jobs.setdefault(job_id, job)
+                    jobs[job_id] = _summary(job)
         return sorted(jobs.values(), key=lambda j: j.created, reverse=True)[:limit]
+
+    def _read_summaries(self, client: redis.Redis, ids: list[str]) -> dict[str, JobSummary]:
+        with self._lock:
+            dirty = set(self._dirty)
+        wanted = [i for i in ids if i not in dirty]
+        pipe = client.pipeline(transaction=False)
+        for job_id in wanted:
+            pipe.hgetall(self._key(job_id))
+        found = zip(wanted, pipe.execute(), strict=True)
+        return {job_id: _from_hash(job_id, fields, [], JobSummary) for job_id, fields in found if fields}
 
     def add_event(self, job_id: str, event: JobEvent) -> Job | None:
         """Append ``event``; ``None`` when there is no such job."""
@@ -235,9 +249,14 @@ def _to_hash(job: Job) -> dict[str, str]:
     }
 
 
-def _from_hash(job_id: str, fields: dict[bytes, bytes], events: list[bytes]) -> Job:
+def _summary(job: Job) -> JobSummary:
+    return JobSummary.model_validate(job.model_dump(exclude={"events"}))
+
+
+def _from_hash(job_id: str, fields: dict[bytes, bytes], events: list[bytes], kind=Job):
     f = {k.decode(): v.decode() for k, v in fields.items()}
-    return Job(
+    extra = {"events": [JobEvent.model_validate_json(e) for e in events]} if kind is Job else {}
+    return kind(
         job_id=job_id,
         name=f["name"],
         target=json.loads(f.get("target", "null")),
@@ -247,5 +266,5 @@ def _from_hash(job_id: str, fields: dict[bytes, bytes], events: list[bytes]) -> 
         rounds=int(f.get("rounds", 0)),
         last_metrics=json.loads(f.get("last_metrics", "{}")),
         config=json.loads(f.get("config", "{}")),
-        events=[JobEvent.model_validate_json(e) for e in events],
+        **extra,
     )

@@ -7,6 +7,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from retrieval_service.api.deps import StateDep
+from services.schemas import Readiness
 
 router = APIRouter(tags=["health"])
 
@@ -17,7 +18,13 @@ async def healthz() -> dict[str, str]:
     return {"status": "alive"}
 
 
-@router.get("/readyz")
+@router.get(
+    "/readyz",
+    responses={
+        200: {"model": Readiness, "description": "the index is loaded (Redis may be degraded)"},
+        503: {"model": Readiness, "description": "the index is loading or failed to load; see Retry-After"},
+    },
+)
 def readyz(state: StateDep) -> JSONResponse:
     """200 once the index is loaded (status degraded while a configured Redis is unreachable); 503 before."""
     redis = state.redis.status()  # probes a down Redis at most every redis_retry_s

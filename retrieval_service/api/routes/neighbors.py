@@ -25,7 +25,16 @@ from retrieval_service.api.queries import (
 )
 from retrieval_service.api.responses import error_responses
 from retrieval_service.api.state import Ready, ServiceState
-from services.schemas import K_MAX, OFFSET_MAX, QUERIES_MAX, Metric, NeighborsRequest, NeighborsResponse
+from services.schemas import (
+    K_MAX,
+    OFFSET_MAX,
+    QUERIES_MAX,
+    FormBool,
+    Metric,
+    NeighborsRequest,
+    NeighborsResponse,
+    TextInt,
+)
 
 router = APIRouter(prefix="/v1", tags=["neighbors"])
 
@@ -95,15 +104,17 @@ def neighbors_upload(
     files: Annotated[
         list[UploadFile], File(min_length=1, description="Image files; each file name is its result id.")
     ],
-    k: Annotated[int, Form(ge=1, le=K_MAX, description="Neighbors per image.")] = 10,
+    k: Annotated[TextInt, Form(ge=1, le=K_MAX, description="Neighbors per image.")] = 10,
     offset: Annotated[
-        int, Form(ge=0, le=OFFSET_MAX, description="Skip this many of the best neighbors.")
+        TextInt, Form(ge=0, le=OFFSET_MAX, description="Skip this many of the best neighbors.")
     ] = 0,
     metric: Annotated[Metric, Form(description="js or skl.")] = "js",
-    exact: Annotated[bool, Form(description="Full scan instead of the two-stage search.")] = False,
+    exact: Annotated[
+        FormBool, Form(description="Full scan instead of the two-stage search (true or false).")
+    ] = False,
     # Typed int (not int | None): a form field cannot carry null, so the schema must not offer it.
     max_per_source: Annotated[
-        int, Form(ge=1, le=QUERIES_MAX, description="A source goes to at most this many files.")
+        TextInt, Form(ge=1, le=QUERIES_MAX, description="A source goes to at most this many files.")
     ] = None,
 ) -> Response:
     """Nearest source images of each uploaded file (multipart field ``files``); result ids are file names."""

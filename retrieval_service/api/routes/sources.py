@@ -12,13 +12,19 @@ from fastapi.responses import Response, StreamingResponse
 from retrieval_service.api.deps import ReadyDep, StateDep
 from retrieval_service.api.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
 from retrieval_service.api.stream import content_type, stream_tar
-from retrieval_service.api.thumbnails import THUMBNAIL_MAX, THUMBNAIL_MIN, ThumbnailsDep, thumbnail_response
+from retrieval_service.api.thumbnails import (
+    THUMBNAIL_MAX,
+    THUMBNAIL_MIN,
+    ThumbnailsDep,
+    if_none_match_hits,
+    thumbnail_response,
+)
 from retrieval_service.index.integrity import SourceChanged, SourceMissing, check_present, read_verified
-from services.schemas import ID_LIMIT, DescriptorResponse, ErrorBody, StreamRequest
+from services.schemas import ID_LIMIT, DescriptorResponse, ErrorBody, StreamRequest, TextInt
 
 router = APIRouter(prefix="/v1/sources", tags=["sources"])
 
-SourceId = Annotated[int, Path(ge=0, lt=ID_LIMIT, description="Id of a source image in this index.")]
+SourceId = Annotated[TextInt, Path(ge=0, lt=ID_LIMIT, description="Id of a source image in this index.")]
 _NOT_FOUND = {404: {"model": ErrorBody, "description": "no such source_id"}}
 _DRIFT = {
     404: {"model": ErrorBody, "description": "no such source_id, or its file is gone (source_missing)"},
@@ -75,7 +81,7 @@ def source_image(
     thumbnails: ThumbnailsDep,
     if_none_match: Annotated[str | None, Header()] = None,
     size: Annotated[
-        int | None,
+        TextInt | None,
         Query(
             ge=THUMBNAIL_MIN,
             le=THUMBNAIL_MAX,
@@ -92,15 +98,13 @@ def source_image(
 
         max_pixels = state.settings.max_image_pixels
         return thumbnail_response(record.sha256, _read, size, if_none_match, thumbnails, max_pixels)
-    headers = {"Cache-Control": "public, max-age=86400"}
-    if record.sha256:
-        etag = f'"{record.sha256}"'
-        headers["ETag"] = etag
-        if if_none_match and etag in [t.strip() for t in if_none_match.split(",")] + ["*"]:
-            return Response(status_code=304, headers=headers)
+    # Verified before any answer, a 304 included: a file deleted since the build is a 404 and a changed one a
+    # 409 even for a caller holding the manifest's ETag.
     data = _verified(ready, record)
-    if not record.sha256:
-        headers["ETag"] = f'"{hashlib.sha256(data).hexdigest()}"'
+    etag = f'"{record.sha256 or hashlib.sha256(data).hexdigest()}"'
+    headers = {"Cache-Control": "public, max-age=86400", "ETag": etag}
+    if if_none_match_hits(if_none_match, etag):
+        return Response(status_code=304, headers=headers)
     return Response(data, media_type=content_type(record.ext), headers=headers)
 
 
