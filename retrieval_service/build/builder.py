@@ -144,7 +144,7 @@ def build_index(
                         batch_size, workers)
     timings["fit_edges"] = time.perf_counter() - t
 
-    # Resume reuses a finished shard only if its files are unchanged (same size AND mtime): stamps.py.
+    # Resume reuses a finished shard only if its files are unchanged (same size, mtime and ctime): stamps.py.
     invalidate_changed_shards(partial / "shards", corpus.root, corpus.records, shard_size)
     t = time.perf_counter()
     if ray is not None:

@@ -1,10 +1,13 @@
 """File stamps of a partial build: a finished shard is reused on resume only if none of its files changed.
 
 The corpus fingerprint (``staging.py``) covers paths and sizes, so a file rewritten with the same size kept
-its stale histogram when a killed build resumed. Each shard now has ``stamps-<i>.npy``: (size, mtime_ns) of
-the file behind each of its candidates, as stat-ed when the run that extracts the shard starts. On resume a
+its stale histogram when a killed build resumed. Each shard now has ``stamps-<i>.npy``: (size, mtime_ns,
+ctime_ns) of the file behind each of its candidates, as stat-ed when the run that extracts the shard starts. On resume a
 shard whose stamps differ from the files' current ones (or that has none) is deleted and extracted again.
 A file changed after that stat but before it was read is also caught: its mtime then differs next time.
+The ctime catches a same-size copy that keeps the mtime (``cp -p``, ``rsync -t``, ``touch -r``): no user
+can set it back. Stamps of an older build (two columns) count as none. ``verify --hash`` compares every
+file's sha256 with the manifest once the build is done.
 The bin edges fitted by the first run are kept (a few changed files barely move equal-mass edges).
 """
 
@@ -24,20 +27,20 @@ log = logging.getLogger("retrieval_service.build.builder")
 
 
 def file_stamps(root: Path, records: Sequence[SourceRecord]) -> np.ndarray:
-    """int64 (n, 2): (size, mtime_ns) of each record's file, (-1, -1) when it cannot be stat-ed.
+    """int64 (n, 3): (size, mtime_ns, ctime_ns) of each record's file, -1s when it cannot be stat-ed.
 
     One stat per distinct file: every member of a tar shares its tar's stamp.
     """
-    seen: dict[str, tuple[int, int]] = {}
-    out = np.empty((len(records), 2), dtype=np.int64)
+    seen: dict[str, tuple[int, int, int]] = {}
+    out = np.empty((len(records), 3), dtype=np.int64)
     for i, record in enumerate(records):
         stamp = seen.get(record.path)
         if stamp is None:
             try:
                 st = source_file(root, record).stat()  # a followed symlink: its recorded target
-                stamp = (st.st_size, st.st_mtime_ns)
+                stamp = (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
             except (OSError, UnsafeSourcePath):
-                stamp = (-1, -1)
+                stamp = (-1, -1, -1)
             seen[record.path] = stamp
         out[i] = stamp
     return out

@@ -120,8 +120,26 @@ def enumerate_corpus(
         return _enumerate_tars(path, tars)
     parquet = sorted(p for p in path.rglob("*.parquet") if p.is_file())
     if parquet:  # a dataset pushed as Parquet: data/<split>-00000-of-0000N.parquet
-        return tables.enumerate_table(path, parquet, image_column, label_column)
+        root, parquet = _table_files(path, parquet, follow_symlinks)
+        return tables.enumerate_table(root, parquet, image_column, label_column)
     return _enumerate_folder(path, sorted(subdirs, key=lambda p: p.name), follow_symlinks)
+
+
+def _table_files(root: Path, files: list[Path], follow_symlinks: bool) -> tuple[Path, list[Path]]:
+    """(root, files) of a directory's table files. A symlink whose target leaves ``root`` is refused by
+    name (its rows could never be read back inside the root, so every image used to be skipped and the
+    build ended in "no images"); ``--follow-symlinks`` roots the corpus where the targets all lie."""
+    outside = [f for f in files if not f.resolve().is_relative_to(root)]
+    if not outside:
+        return root, files
+    if not follow_symlinks:
+        link = outside[0]
+        raise CorpusError(
+            f"{link} is a symbolic link to {link.resolve()}, outside the source {root}: pass "
+            "--follow-symlinks to read linked tables, or copy them into the source"
+        )
+    resolved = [f.resolve() for f in files]
+    return Path(os.path.commonpath([str(f.parent) for f in resolved])), resolved
 
 
 def _enumerate_folder(root: Path, class_dirs: list[Path], follow_symlinks: bool = False) -> Corpus:

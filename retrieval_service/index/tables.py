@@ -26,6 +26,11 @@ from retrieval_service.index.corpus import Corpus, CorpusError, SourceRecord
 
 COLUMNAR_EXTS = frozenset({"parquet", "arrow"})
 LIST_EXTS = frozenset({"csv", "jsonl"})
+# Integer labels index the class-name table, built with one name per integer up to the largest label: an
+# unbounded label (2**64 - 1 in a uint64 column) grew the build by gigabytes until the kernel killed it.
+LABEL_LIMIT = 2**20  # classes; ImageNet-21k has 21,841
+CLASS_NAME_MAX = 512  # characters of a class name
+_CONTROL = frozenset(chr(c) for c in [*range(32), 127])
 
 
 def _pyarrow():
@@ -63,7 +68,9 @@ def enumerate_table(root: Path, files: list[Path], image_column: str, label_colu
         for group, labels in enumerate(groups):
             found.extend((rel, group, row, value) for row, value in enumerate(labels))
     labels, classes = _labels(
-        [f[3] for f in found], names, lambda i: f"row {found[i][2]} of group {found[i][1]} of {found[i][0]}",
+        [f[3] for f in found],
+        names,
+        lambda i: f"row {found[i][2]} of group {found[i][1]} of {found[i][0]}",
         label_column,
     )
     records = [
@@ -126,11 +133,38 @@ def _class_label_names(schema, root: Path, label_column: str) -> list[str] | Non
     return None
 
 
-def _labels(values: list, names: list[str] | None, where, column: str) -> tuple[list[int], list[str]]:
-    """Raw label values -> (labels, classes): all ints >= 0, or all class names; else CorpusError naming
-    the first value that breaks the kind the column's first value set."""
+def _bad_name(value: str) -> str | None:
+    """Why ``value`` cannot be a class name (None when it can)."""
+    if not value.strip():
+        return "an empty class name"
+    if len(value) > CLASS_NAME_MAX:
+        return f"a class name over {CLASS_NAME_MAX} characters"
+    if not _CONTROL.isdisjoint(value):
+        return "a class name with a control character (NUL, newline, ...)"
+    return None
+
+
+def _labels(
+    values: list,
+    names: list[str] | None,
+    where,
+    column: str,
+    fix: str = "or choose another with --label-column",
+) -> tuple[list[int], list[str]]:
+    """Raw label values -> (labels, classes): all ints in [0, LABEL_LIMIT), or all class names; else
+    CorpusError naming the first value that breaks the kind the column's first value set."""
     ints = [isinstance(v, int) and not isinstance(v, bool) for v in values]
-    names_ok = [isinstance(v, str) and bool(v.strip()) for v in values]
+    over = next((i for i, v in enumerate(values) if ints[i] and v >= LABEL_LIMIT), None)
+    if over is not None:
+        raise CorpusError(
+            f"label {values[over]} in {where(over)} is over the limit: integer labels are class indices "
+            f"0..{LABEL_LIMIT - 1}; fix the label, {fix}"
+        )
+    for i, v in enumerate(values):
+        why = _bad_name(v) if isinstance(v, str) else None
+        if why:
+            raise CorpusError(f"bad label {v[:80]!r} in {where(i)}: {why}; fix it, {fix}")
+    names_ok = [isinstance(v, str) for v in values]
     if values and all(ints) and min(values) >= 0:
         top = max(values)
         return list(values), (names if names and len(names) > top else [str(i) for i in range(top + 1)])
@@ -146,36 +180,68 @@ def _labels(values: list, names: list[str] | None, where, column: str) -> tuple[
     )
     raise CorpusError(
         f"bad label {values[bad]!r} in {where(bad)}: column {column!r} must hold integers >= 0 or class "
-        "names (not both); choose another with --label-column"
+        f"names (not both); fix it, {fix}"
     )
 
 
-def enumerate_list(list_file: Path) -> tuple[list[tuple[str, object]], Path]:
-    """[(path, raw label)] of a ``.csv`` (``path,label``, optional header) or ``.jsonl`` list."""
-    rows: list[tuple[str, object]] = []
+def enumerate_list(list_file: Path) -> tuple[list[tuple[str, object, int]], Path]:
+    """[(path, raw label, line number)] of a ``.csv`` (``path,label``, optional header) or ``.jsonl`` list.
+
+    A row's label is an integer (a class index) or a class name; a number of another form (``1.5``, ``-1``,
+    ``1e3``, ``true``) is refused on its own line, not reported later as the row that breaks the kind.
+    """
     try:
         text = list_file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise CorpusError(f"cannot read the list {list_file}: {exc}") from exc
-    if list_file.suffix == ".jsonl":
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    obj = json.loads(line)
-                    rows.append((str(obj["path"]), obj["label"]))
-                except (ValueError, KeyError, TypeError) as exc:
-                    raise CorpusError(
-                        f"line {n} of {list_file} is not a JSON object with path and label"
-                    ) from exc
-        return rows, list_file.parent
-    for n, row in enumerate(csv.reader(text.splitlines()), 1):
-        if not row or (n == 1 and [c.strip().lower() for c in row] == ["path", "label"]):
-            continue
-        if len(row) != 2:
-            raise CorpusError(f"line {n} of {list_file} has {len(row)} fields; expected path,label")
-        label = row[1].strip()
-        rows.append((row[0].strip(), int(label) if label.lstrip("-").isdigit() else label))
+    rows = _jsonl_rows(text, list_file) if list_file.suffix == ".jsonl" else _csv_rows(text, list_file)
+    for _path, label, n in rows:
+        if not isinstance(label, str) and not (isinstance(label, int) and not isinstance(label, bool)):
+            raise CorpusError(f"bad label {label!r} in line {n} of {list_file}: {_LABEL_KINDS}")
+        if isinstance(label, int) and label < 0:
+            raise CorpusError(f"bad label {label} in line {n} of {list_file}: {_LABEL_KINDS}")
     return rows, list_file.parent
+
+
+_LABEL_KINDS = "labels are integers >= 0 (class indices) or class names"
+_NUMBER_LIKE = frozenset("0123456789+-.eE_")
+
+
+def _jsonl_rows(text: str, list_file: Path) -> list[tuple[str, object, int]]:
+    rows = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+            rows.append((str(obj["path"]), obj["label"], n))
+        except RecursionError:
+            raise CorpusError(f"line {n} of {list_file} nests too deeply to be a path and a label") from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CorpusError(f"line {n} of {list_file} is not a JSON object with path and label") from exc
+    return rows
+
+
+def _csv_rows(text: str, list_file: Path) -> list[tuple[str, object, int]]:
+    rows = []
+    reader = csv.reader(text.splitlines())
+    try:
+        for row in reader:
+            n = reader.line_num
+            if not row or (n == 1 and [c.strip().lower() for c in row] == ["path", "label"]):
+                continue
+            if len(row) != 2:
+                raise CorpusError(f"line {n} of {list_file} has {len(row)} fields; expected path,label")
+            label = row[1].strip()
+            if label.isascii() and label.isdigit():
+                rows.append((row[0].strip(), int(label), n))
+            elif label and set(label) <= _NUMBER_LIKE and any(c.isdigit() for c in label):
+                raise CorpusError(f"bad label {label[:80]!r} in line {n} of {list_file}: {_LABEL_KINDS}")
+            else:
+                rows.append((row[0].strip(), label, n))
+    except csv.Error as exc:  # e.g. a field over the csv module's 128 KiB limit
+        raise CorpusError(f"line {reader.line_num} of {list_file} is not CSV of path,label: {exc}") from None
+    return rows
 
 
 def enumerate_listed(list_file: Path) -> Corpus:
@@ -189,7 +255,7 @@ def enumerate_listed(list_file: Path) -> Corpus:
     labels, classes = list_labels(rows, list_file, _read_class_names(root))
     records: list[SourceRecord] = []
     skipped: list[dict] = []
-    for (rel, _), label in zip(rows, labels, strict=True):
+    for (rel, _, _), label in zip(rows, labels, strict=True):
         try:
             full = _safe_join(root, rel)
         except UnsafeSourcePath as exc:
@@ -204,9 +270,15 @@ def enumerate_listed(list_file: Path) -> Corpus:
     return Corpus(root.resolve(), "list", classes, records, skipped)
 
 
-def list_labels(rows: list[tuple[str, object]], list_file: Path, names: list[str]) -> tuple[list, list]:
+def list_labels(rows: list[tuple[str, object, int]], list_file: Path, names: list[str]) -> tuple[list, list]:
     """(labels, classes) of a list's rows, by the same rules as a table's label column."""
-    return _labels([r[1] for r in rows], names or None, lambda i: f"line {i + 1} of {list_file}", "label")
+
+    def where(i: int) -> str:
+        return f"line {rows[i][2]} of {list_file}"
+
+    return _labels(
+        [r[1] for r in rows], names or None, where, "label", f"fix that line of --source {list_file}"
+    )
 
 
 @functools.lru_cache(maxsize=4)

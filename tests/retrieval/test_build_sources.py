@@ -110,9 +110,72 @@ def _bad_label_parquet(folder: Path, out: Path, labels: list) -> Path:
     return out / "train.parquet"
 
 
+def _uint64_label_parquet(folder: Path, out: Path) -> Path:
+    rows, _ = sourcegen.folder_rows(folder)
+    labels = pa.array([0, 2**64 - 1], pa.uint64())  # grew the class-name table to 22 GB before the bound
+    out.mkdir()
+    pq.write_table(pa.table({"image": [rows[0][1], rows[1][1]], "label": labels}), out / "train.parquet")
+    return out
+
+
+def _list_file(tmp: Path, name: str, text: str) -> Path:
+    (tmp / "imgs").mkdir(exist_ok=True)
+    (tmp / "imgs" / "a.JPEG").write_bytes(b"not read: labels are checked first")
+    (tmp / name).write_text(text, encoding="utf-8")
+    return tmp / name
+
+
+def _linked_parquet(folder: Path, tmp: Path) -> Path:
+    target = sourcegen.write_parquet(folder, tmp / "elsewhere")
+    target = next(Path(target).rglob("*.parquet")) if Path(target).is_dir() else Path(target)
+    (tmp / "linked").mkdir()
+    (tmp / "linked" / "train.parquet").symlink_to(target)
+    return tmp / "linked"
+
+
 @pytest.mark.parametrize(
     ("make", "flags", "needle"),
     [
+        # Issue 17, item 1: labels over the bound, named with their file and row.
+        (
+            lambda f, t: _uint64_label_parquet(f, t / "u64"),
+            [],
+            "label 18446744073709551615 in row 1 of group 0",
+        ),
+        (
+            lambda f, t: _list_file(
+                t, "huge.jsonl", '{"path": "imgs/a.JPEG", "label": 18446744073709551616}\n'
+            ),
+            [],
+            "label 18446744073709551616 in line 1 of",
+        ),
+        (lambda f, t: _list_file(t, "big.csv", "imgs/a.JPEG,100000000\n"), [], "over the limit"),
+        # Item 7: every malformed list ends in one line naming the line, never a traceback or exit 1.
+        (lambda f, t: _list_file(t, "wide.csv", "imgs/a.JPEG," + "x" * 200_000 + "\n"), [], "line 1 of"),
+        (
+            lambda f, t: _list_file(
+                t, "deep.jsonl", '{"path": "imgs/a.JPEG", "label": ' + "[" * 100_000 + "\n"
+            ),
+            [],
+            "line 1 of",
+        ),
+        (
+            lambda f, t: _list_file(t, "frac.csv", "imgs/a.JPEG,1.5\nimgs/a.JPEG,2\n"),
+            [],
+            "bad label '1.5' in line 1 of",
+        ),
+        (lambda f, t: _list_file(t, "neg.csv", "imgs/a.JPEG,3\nimgs/a.JPEG,-1\n"), [], "in line 2 of"),
+        (
+            lambda f, t: _list_file(t, "nul.jsonl", '{"path": "imgs/a.JPEG", "label": "ro\\u0000se"}\n'),
+            [],
+            "control character",
+        ),
+        (
+            lambda f, t: _list_file(t, "hdr.csv", "path,label\n\nimgs/a.JPEG,cat\nimgs/a.JPEG,7\n"),
+            [],
+            "bad label 7 in line 4 of",
+        ),
+        (lambda f, t: _linked_parquet(f, t), [], "is a symbolic link to"),
         (lambda f, t: sourcegen.write_parquet(f, t / "p"), ["--image-column", "img"], "no column 'img'"),
         (lambda f, t: sourcegen.write_parquet(f, t / "p"), ["--label-column", "cls"], "--label-column"),
         (lambda f, t: sourcegen.write_parquet(f, t / "p"), ["--image-column", "idx"], "not image bytes"),

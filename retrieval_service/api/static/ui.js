@@ -282,7 +282,9 @@
   async function loadJobs() {
     status("loading jobs...");
     try {
-      const { jobs } = await (await api("v1/jobs")).json();
+      // The listing is a summary per job; the rounds (events) come with each job's full record.
+      const { jobs: listed } = await (await api("v1/jobs?limit=50")).json();
+      const jobs = await Promise.all(listed.map(async (j) => (await api(`v1/jobs/${j.job_id}`)).json()));
       $("jobs").replaceChildren(...(jobs.length ? jobs.map(jobView)
         : [el("p", { class: "muted", text: "no training job has registered with this service" })]));
       status(`${jobs.length} jobs`);
