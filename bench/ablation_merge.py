@@ -20,8 +20,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from services.fileio import atomic_write  # noqa: E402
-from trainer.ablate import METRIC, ROWS, summarise  # noqa: E402
-from trainer.ablate_report import markdown, plot  # noqa: E402
+from trainer.ablation.harness import METRIC, ROWS, summarise  # noqa: E402
+from trainer.ablation.table import markdown, plot  # noqa: E402
 from trainer.config import RunConfig  # noqa: E402
 
 # Fields a cell sets itself, or that cannot change its result.

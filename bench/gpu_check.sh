@@ -96,7 +96,7 @@ echo "== 3. AMP training step (trainer StepRunner on CUDA)"
 "$PY" - <<'EOF'
 import torch
 from torch import nn
-from trainer.train import Batch, StepRunner
+from trainer.training.steps import Batch, StepRunner
 
 class TwoHeads(nn.Module):
     def __init__(self):

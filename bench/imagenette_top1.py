@@ -28,7 +28,7 @@ from torchvision import transforms as T  # noqa: E402
 
 from services.backbones import IMAGENET, Normalization, create_model, normalization  # noqa: E402
 from services.weights import load_weights  # noqa: E402
-from trainer.convert import convert  # noqa: E402
+from trainer.training.convert import convert  # noqa: E402
 
 # Imagenette's ten ImageNet classes: wnid -> index in the 1000-class ILSVRC-2012 order.
 IMAGENETTE = {

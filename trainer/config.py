@@ -58,15 +58,15 @@ class RunConfig:
     freeze_bn: bool = False
     probe_steps: int = 0  # LP-FT: the first N steps train the heads only
     train_layers: str = "all"  # head: linear probe, backbone frozen
-    freeze_until: str | None = None  # frozen trunk up to and including this module (trainer/model.py)
-    reinit_tail: bool = False  # the layers after freeze_until start from a fresh init (trainer/model.py)
-    feature_cache: bool | None = None  # cache trunk outputs (trainer/features.py); None: on with freeze_until
+    freeze_until: str | None = None  # frozen trunk up to and including this module (training/model.py)
+    reinit_tail: bool = False  # the layers after freeze_until start from a fresh init (training/model.py)
+    feature_cache: bool | None = None  # cache trunk outputs (training/features.py); None: on if freeze_until
     views: int = 4  # per image with a frozen trunk: view 0 = centre crop, 1..V-1 = fixed random crops
     feature_memory_mb: int = 1024  # in-memory LRU in front of the on-disk feature cache
     image_cache: int = 10_000  # decoded images kept in memory (LRU)
     match_pool: str | None = None  # random mode: a selective run dir whose per-round pool sizes to match
     leak_guard: bool = True
-    selection_report: bool = True  # selection.html/.png/.json after every round (trainer/round_selection.py)
+    selection_report: bool = True  # selection.html/.png/.json after every round (reports/round_report.py)
     leak_threshold: float = 1e-3
     leak_k: int = 3
     max_per_source: int | None = None
@@ -136,7 +136,9 @@ class RunConfig:
         ]
 
     def validate(self) -> RunConfig:
-        """Raises ConfigError naming the first bad field."""
+        """Raises ConfigError naming the first bad field. ``--freeze-until`` is checked against the
+        architecture by ``trainer.training.model.check_freeze_point`` (the CLI calls it before a run starts,
+        building the model calls it again): the model imports this module, never the other way round."""
         for ok, message in self._checks():
             if not ok:
                 raise ConfigError(message)
@@ -147,10 +149,6 @@ class RunConfig:
             raise ConfigError(f"--weights {self.weights} is not a file")
         if self.match_pool is not None and not (Path(self.match_pool) / "metrics.jsonl").is_file():
             raise ConfigError(f"--match-pool {self.match_pool} holds no metrics.jsonl of a selective run")
-        if self.freeze_until is not None:
-            from trainer.model import check_freeze_point  # builds the net on the meta device: cheap
-
-            check_freeze_point(self.arch, self.freeze_until)
         return self
 
     @property
@@ -171,7 +169,7 @@ class RunConfig:
         return values
 
     def round_steps(self, n_target: int, world: int = 1) -> int:
-        """Optimizer steps per round, independent of the source mode (module docstring of trainer/plan.py)."""
+        """Optimizer steps per round, independent of the source mode (docstring of trainer/rounds/plan.py)."""
         if self.steps_per_round is not None:
             return self.steps_per_round
         global_batch = self.batch_size * world

@@ -10,21 +10,21 @@ import json
 import torch
 
 from services.schemas import JobEvent
-from trainer import sources as src
-from trainer.adaptive import update_k
-from trainer.checkpoint import save_checkpoint
 from trainer.config import RunConfig
-from trainer.distributed import Dist
-from trainer.features import view_indices
-from trainer.fetch import download
-from trainer.jobs import round_event
-from trainer.optim import end_probe, replace_source_head, set_train_mode
-from trainer.plan import Plan, levels, target_order, uniforms
-from trainer.report import format_line, plot_curves, table
-from trainer.round_selection import write_round_report
-from trainer.selection_report import SelectionReport
+from trainer.remote.fetch import download
+from trainer.remote.jobs import round_event
+from trainer.reports.metrics import format_line, plot_curves, table
+from trainer.reports.round_report import write_round_report
+from trainer.reports.selection import SelectionReport
+from trainer.rounds.adaptive import update_k
+from trainer.rounds.plan import Plan, levels, target_order, uniforms
+from trainer.rounds.selection import consume_stream, needed_ids, pair_sources
 from trainer.setup import RunSetup
-from trainer.train import Batch, RoundStats, StepRunner, accuracy, predict, train_round
+from trainer.training.checkpoint import save_checkpoint
+from trainer.training.distributed import Dist
+from trainer.training.features import view_indices
+from trainer.training.optim import end_probe, replace_source_head, set_train_mode
+from trainer.training.steps import Batch, RoundStats, StepRunner, accuracy, predict, train_round
 
 
 class Trainer(RunSetup):
@@ -69,15 +69,15 @@ class Trainer(RunSetup):
                 self.state.lists.record_round(rnd, self.k.tolist())  # the report redraws every round
             self.selector.select(rnd, self.k, stream_need=len(order) * cfg.source_ratio)
         self.state = self.selector.state = d.broadcast(self.state)
-        source = src.pair_sources(self.state, order, self.k, cfg.source_ratio, cfg.seed, rnd)
+        source = pair_sources(self.state, order, self.k, cfg.source_ratio, cfg.seed, rnd)
         return Plan(order, source, self.steps, cfg.batch_size, d.world)
 
     def fetch(self, plan: Plan) -> dict[int, tuple[str, int]]:
         """Download the round's sources (rank 0) and map each to (cached path, source head row)."""
         d = self.d
         if d.is_main and self.uses_service:
-            src.consume_stream(self.state, plan.source)
-            needed = src.needed_ids(self.state, self.k, plan.source)
+            consume_stream(self.state, plan.source)
+            needed = needed_ids(self.state, self.k, plan.source)
             c = self.cfg
             download(
                 self.client, needed, self.cache, workers=c.fetch_workers, retries=c.retries, backoff=c.backoff
@@ -197,7 +197,7 @@ class Trainer(RunSetup):
         self.d.barrier()
 
     def write_report(self, rnd: int, plan: Plan) -> SelectionReport | None:
-        """selection.html/.png/.json after round ``rnd`` (trainer/round_selection.py); None on failure."""
+        """selection.html/.png/.json after round ``rnd`` (reports/round_report.py); None on failure."""
         return write_round_report(
             self.out,
             rnd,

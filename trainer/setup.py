@@ -10,20 +10,21 @@ import torch
 
 from services.client import RetrievalClient
 from services.schemas import JobEvent
-from trainer import sources as src
-from trainer.checkpoint import load_checkpoint, rng_state, set_rng_state
 from trainer.config import ConfigError, RunConfig
-from trainer.data import ImageStore, load_target
-from trainer.distributed import Dist, device_for
-from trainer.features import open_features
-from trainer.fetch import NeighborLists, SourceCache, index_key
-from trainer.jobs import Reporter
-from trainer.leak import find_leaks, save_leaks
-from trainer.model import JointModel
-from trainer.optim import build_optimizer, replace_source_head
-from trainer.report import write_metrics
+from trainer.remote.fetch import SourceCache
+from trainer.remote.jobs import Reporter, register_job
+from trainer.remote.leak import find_leaks, save_leaks
+from trainer.remote.queries import index_key, target_queries
+from trainer.remote.selector import Selector, matched_pool_sizes
+from trainer.reports.metrics import write_metrics
+from trainer.rounds.selection import NeighborLists, SourceState
 from trainer.rundir import lock_run_dir
-from trainer.session import register_job, target_queries
+from trainer.training.checkpoint import load_checkpoint, rng_state, set_rng_state
+from trainer.training.data import ImageStore, load_target
+from trainer.training.distributed import Dist, device_for
+from trainer.training.features import open_features
+from trainer.training.model import JointModel
+from trainer.training.optim import build_optimizer, replace_source_head
 
 
 class RunSetup:
@@ -56,7 +57,7 @@ class RunSetup:
         self._open_service()
         self._build_model()
         self.k = torch.full((self.n_train,), cfg.k0, dtype=torch.long)
-        self.state = src.SourceState(
+        self.state = SourceState(
             cfg.source_mode, self.index_size, NeighborLists([[] for _ in range(self.n_train)])
         )
         self.source_class: dict[int, int] = {}
@@ -117,7 +118,7 @@ class RunSetup:
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
         self.k, self.source_class = ckpt["k"], ckpt["source_class"]
-        self.state = src.SourceState.from_state(ckpt["sources"])
+        self.state = SourceState.from_state(ckpt["sources"])
         self.rows, self.job_id, self.start = ckpt["metrics"], ckpt.get("job_id"), ckpt["round"] + 1
         set_rng_state(ckpt["rng"])
         if self.d.is_main:
@@ -148,8 +149,8 @@ class RunSetup:
                 JobEvent(type="log", message=f"leak guard: {len(self.state.leaked)} source images excluded")
             )
         cfg = self.cfg
-        pool_sizes = src.matched_pool_sizes(cfg.match_pool) if cfg.match_pool else None
-        self.selector = src.Selector(
+        pool_sizes = matched_pool_sizes(cfg.match_pool) if cfg.match_pool else None
+        self.selector = Selector(
             self.state, self.client, self.queries, cfg.metric, cfg.seed, cfg.max_per_source, pool_sizes
         )
 

@@ -9,10 +9,10 @@ import math
 import pytest
 import scipy.stats
 
-from trainer.ablate import ROWS, cell_config, cell_dir, parse_rows, parse_seeds
+from trainer.ablation.harness import ROWS, cell_config, cell_dir, parse_rows, parse_seeds, seeds_of
+from trainer.ablation.stats import paired, summarise_row, t_half_width
 from trainer.cli import main
 from trainer.config import ConfigError, RunConfig
-from trainer.stats import paired, summarise_row, t_half_width
 
 from .conftest import FAST_FLAGS
 
@@ -42,14 +42,40 @@ def test_paired_differences_are_per_seed():
 
 
 def test_seeds_and_rows_parsing():
-    assert parse_seeds("3", first=5) == [5, 6, 7]
+    assert parse_seeds("0") == [0]  # a single number is a seed, never a count (issue 19)
+    assert parse_seeds("3") == [3]
     assert parse_seeds("0,2,4") == [0, 2, 4]
-    for bad in ("0", "a,b", "1,1"):
+    for bad in ("", "a,b", "1,1", "3.5"):
         with pytest.raises(ConfigError, match="--seeds"):
             parse_seeds(bad)
+    assert seeds_of(None, 3, first=5) == [5, 6, 7]  # the count has its own flag, --num-seeds
+    assert seeds_of("0", 3, first=5) == [0]
+    with pytest.raises(ConfigError, match="--num-seeds must be >= 1"):
+        seeds_of(None, 0, first=0)
     assert parse_rows("selective, probe") == ["selective", "probe"]
     with pytest.raises(ConfigError, match="unknown row"):
         parse_rows("selective,best")
+
+
+def test_ablate_reads_seeds_0_as_seed_0_and_refuses_a_list_with_a_count(small_target, tmp_path, capsys,
+                                                                         monkeypatch):
+    cells = []
+
+    def fake_cell(cfg, row):  # the cells' seeds are what this test is about, not their training
+        cells.append((row, cfg.seed))
+        return {"row": row, "seed": cfg.seed, "value": 0.5, "wall_s": 0.0}
+
+    monkeypatch.setattr("trainer.ablation.harness.run_cell", fake_cell)
+    base = ["ablate", "--target", str(small_target), "--service", "http://127.0.0.1:9", "--rows", "none"]
+    assert main([*base, "--out", str(tmp_path / "a"), "--seeds", "0"]) == 0
+    assert cells == [("none", 0)]
+    cells.clear()
+    assert main([*base, "--out", str(tmp_path / "b"), "--seed", "4", "--num-seeds", "2"]) == 0
+    assert cells == [("none", 4), ("none", 5)]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main([*base, "--out", str(tmp_path / "c"), "--seeds", "0", "--num-seeds", "2"])
+    assert exc.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
 
 
 def test_cells_override_the_base_and_random_matches_the_selective_pool(tmp_path):

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from trainer.adaptive import entropy, sampling_weights, update_k
+from trainer.rounds.adaptive import entropy, sampling_weights, update_k
 
 
 def test_rule_misclassified_uncertain_confident_and_cap():

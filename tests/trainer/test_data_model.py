@@ -10,11 +10,11 @@ import torch
 
 from services.backbones import Normalization
 from trainer.cli import main
-from trainer.data import ImageStore, TargetError, load_target, normalise
-from trainer.distributed import Dist
-from trainer.model import JointModel, load_backbone_weights
-from trainer.plan import Plan, cycle_own_lists, target_order, uniforms
-from trainer.train import Batch, StepRunner, accuracy, joint_loss, predict
+from trainer.rounds.plan import Plan, cycle_own_lists, target_order, uniforms
+from trainer.training.data import ImageStore, TargetError, load_target, normalise
+from trainer.training.distributed import Dist
+from trainer.training.model import JointModel, load_backbone_weights
+from trainer.training.steps import Batch, StepRunner, accuracy, joint_loss, predict
 
 from .helpers import make_target
 

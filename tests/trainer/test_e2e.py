@@ -17,10 +17,10 @@ from services.client import RetrievalClient
 from tests.conftest import free_port
 from tests.retrieval.live_server import REPO, live_server
 from trainer.cli import main
-from trainer.data import ImageStore, load_target
-from trainer.distributed import Dist
-from trainer.model import JointModel
-from trainer.train import accuracy, predict
+from trainer.training.data import ImageStore, load_target
+from trainer.training.distributed import Dist
+from trainer.training.model import JointModel
+from trainer.training.steps import accuracy, predict
 
 from .conftest import TRAINER_ENV, run_trainer, start_trainer, trainer_cmd, wait_for_line
 

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from trainer.cli import main
-from trainer.data import ImageStore, load_target, normalise
-from trainer.features import TrunkFeatures, view_indices
-from trainer.model import JointModel
+from trainer.training.data import ImageStore, load_target, normalise
+from trainer.training.features import TrunkFeatures, view_indices
+from trainer.training.model import JointModel
 
 from .conftest import run_trainer, trainer_cmd
 from .test_e2e import kill_after_round_0_and_resume, metrics

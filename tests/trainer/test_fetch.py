@@ -10,7 +10,9 @@ import torch
 
 from services.client import ServiceUnavailableError
 from services.schemas import Neighbor, NeighborsResponse, QueryResult
-from trainer.fetch import NeighborLists, QueryMaker, SourceCache, download, fetch_windows
+from trainer.remote.fetch import SourceCache, download, fetch_windows
+from trainer.remote.queries import QueryMaker
+from trainer.rounds.selection import NeighborLists
 
 SPEC_HASH = "0" * 64
 

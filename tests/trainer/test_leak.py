@@ -14,8 +14,8 @@ from PIL import Image
 
 from services.client import RetrievalClient
 from services.fileio import file_sha256
-from trainer.fetch import QueryMaker, local_descriptors
-from trainer.leak import find_leaks
+from trainer.remote.leak import find_leaks
+from trainer.remote.queries import QueryMaker, local_descriptors
 
 from .conftest import run_trainer, trainer_cmd
 from .helpers import make_target

@@ -13,8 +13,8 @@ from services.errors import WeightsError
 from services.fileio import file_sha256
 from services.weights import load_weights
 from trainer.cli import main
-from trainer.convert import SOURCES, packaged_file, zip_in_order
-from trainer.model import HEAD_INIT_STD, JointModel
+from trainer.training.convert import SOURCES, packaged_file, zip_in_order
+from trainer.training.model import HEAD_INIT_STD, JointModel
 
 HALF = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 

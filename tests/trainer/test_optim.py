@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from trainer.config import ConfigError, RunConfig
-from trainer.model import JointModel
-from trainer.optim import build_optimizer, end_probe, lr_factor, replace_source_head, set_train_mode
+from trainer.training.model import JointModel
+from trainer.training.optim import build_optimizer, end_probe, lr_factor, replace_source_head, set_train_mode
 
 
 def cfg(**kw) -> RunConfig:

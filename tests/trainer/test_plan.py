@@ -7,9 +7,8 @@ from collections import Counter
 
 import torch
 
-from trainer.augment import crop_box, train_view
 from trainer.config import RunConfig
-from trainer.plan import (
+from trainer.rounds.plan import (
     Plan,
     cycle_own_lists,
     cycle_shared_pool,
@@ -18,6 +17,7 @@ from trainer.plan import (
     target_order,
     uniforms,
 )
+from trainer.training.augment import crop_box, train_view
 
 
 def test_epochs_draw_without_replacement_and_repeat_hard_targets_by_level():

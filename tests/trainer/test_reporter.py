@@ -11,7 +11,7 @@ from services.client import RetrievalClient, ServiceUnavailableError
 from services.schemas import JobCreate, JobEvent
 from tests.conftest import free_port
 from tests.retrieval.live_server import live_server
-from trainer.jobs import OUTBOX, Reporter
+from trainer.remote.jobs import OUTBOX, Reporter
 
 
 def recording_client(status: int = 200) -> tuple[RetrievalClient, list[dict]]:

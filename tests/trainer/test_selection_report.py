@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from trainer.selection_report import (
+from trainer.reports.selection import (
     FILES_DIR,
     THUMB_PX,
     Pick,

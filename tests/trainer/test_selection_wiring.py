@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 
 from services.client import RetrievalClient
-from trainer.fetch import NeighborLists
-from trainer.jobs import SHOWN_SOURCES, round_event
-from trainer.round_selection import write_round_report
-from trainer.sources import SourceState
+from trainer.remote.jobs import SHOWN_SOURCES, round_event
+from trainer.reports.round_report import write_round_report
+from trainer.rounds.selection import NeighborLists, SourceState
 
 from .conftest import run_trainer, trainer_cmd
 from .test_e2e import kill_after_round_0_and_resume

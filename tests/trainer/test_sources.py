@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from services.client import RetrievalClient
-from trainer.fetch import NeighborLists, QueryMaker
-from trainer.sources import Selector, SourceState, consume_stream, matched_pool_sizes, pair_sources
+from trainer.remote.queries import QueryMaker
+from trainer.remote.selector import Selector, matched_pool_sizes
+from trainer.rounds.selection import NeighborLists, SourceState, consume_stream, pair_sources
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +56,7 @@ def test_all_mode_streams_corpus_epochs_without_replacement(client):
 
 
 def test_selective_windows_exclude_leaked_ids(client, index_dir: Path, small_target: Path):
-    from trainer.fetch import local_descriptors
+    from trainer.remote.queries import local_descriptors
 
     paths = sorted(str(p) for p in (small_target / "train").rglob("*.png"))
     desc, spec_hash = local_descriptors(client.spec(), paths)

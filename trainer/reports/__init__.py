@@ -1,0 +1,1 @@
+"""What people read about a run: the printed line, metrics.jsonl, curves.png and the selection report."""
