@@ -34,7 +34,7 @@ test: install redis chromium lint
 # The demo starts (and afterwards stops) Redis itself when it can, and runs without it otherwise.
 # Extra flags: make demo DEMO_ARGS="--quick" (or --keep-running, --rounds N, --out DIR).
 demo: install
-	$(PY) -m demo $(DEMO_ARGS)
+	$(PY) -m sjft.demo $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,4 +1,4 @@
-"""Entry point: ``python -m retrieval_service build|serve`` (see ``cli.py``)."""
+"""``python -m retrieval_service build|serve|verify`` (see ``cli.py``; installed as ``sjft-retrieval``)."""
 
 import sys
 

@@ -1,5 +1,5 @@
-"""``python -m retrieval_service build|serve|verify``: thin argument parsing over ``build.build_index``,
-``server.serve`` and ``index.drift.corpus_drift``.
+"""``sjft-retrieval`` / ``python -m retrieval_service`` ``build|serve|verify``: thin argument parsing over
+``build.build_index``, ``server.serve`` and ``index.drift.corpus_drift``.
 
 Every error the project raises on purpose (``SJFTError``) ends the command with ONE line ``error: ...`` on
 stderr and exit status 2, like argparse's own usage errors.
@@ -13,6 +13,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from services.clihelp import HelpFormatter
 from services.errors import SJFTError
 
 EXIT_ERROR = 2
@@ -33,11 +34,23 @@ def _non_negative(text: str) -> int:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m retrieval_service", description=__doc__.split("\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{build,serve,verify}")
+class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):  # every subcommand's help shows the defaults, as the top level's
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
-    build = commands.add_parser("build", help="build (or resume) an index from a source corpus")
+
+def _command(commands, name: str, summary: str) -> argparse.ArgumentParser:
+    return commands.add_parser(name, help=summary, description=f"{summary[0].upper()}{summary[1:]}.")
+
+
+def build_parser(prog: str = "python -m retrieval_service") -> argparse.ArgumentParser:
+    parser = _Parser(prog=prog, description="Index an image corpus by filter-bank descriptors and serve it.")
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="{build,serve,verify}", parser_class=_Parser
+    )
+
+    build = _command(commands, "build", "build (or resume) an index from a source corpus")
     build.add_argument(
         "--source",
         required=True,
@@ -47,8 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--out", required=True, help="index directory to create (work happens in <out>.partial)"
     )
-    build.add_argument("--bank", choices=("gabor", "conv"), default="gabor")
-    build.add_argument("--conv-weights", help="local torchvision state dict for --bank conv")
+    build.add_argument("--bank", choices=("gabor", "conv"), default="gabor", help="descriptor filter bank")
+    build.add_argument("--conv-weights", help="torchvision state dict (default: none; --bank conv needs one)")
     build.add_argument("--conv-arch", default="alexnet", help="torchvision architecture of --conv-weights")
     build.add_argument("--conv-layers", type=int, choices=(1, 2), default=1, help="conv layers histogrammed")
     build.add_argument("--bins", type=_positive, default=16, help="histogram bins per filter")
@@ -59,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--workers", type=_non_negative, default=2, help="CPU: decode+extract processes; GPU: decoders"
     )
-    build.add_argument("--batch-size", type=_positive, default=64)
+    build.add_argument("--batch-size", type=_positive, default=64, help="images per extraction batch")
     build.add_argument("--shard-size", type=_positive, default=4096, help="images per resumable shard")
     build.add_argument(
         "--edge-sample", type=_positive, default=2000, help="images sampled to fit the bin edges"
@@ -80,8 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="?",
         const="local",
         metavar="ADDRESS",
-        help="extract shards as Ray tasks: alone, a Ray instance on this machine; 'auto' or host:port, a "
-        "cluster (corpus and --out on storage every node mounts at the same path)",
+        help="extract shards as Ray tasks (default: no Ray): alone, a Ray instance on this machine; 'auto'"
+        " or host:port, a cluster (corpus and --out on storage every node mounts at the same path)",
     )
     build.add_argument(
         "--ray-gpus-per-task", type=float, default=0.0, help="GPUs per Ray task (>0: CUDA)"
@@ -97,23 +110,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     build.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
 
-    verify = commands.add_parser(
-        "verify", help="report drift between an index and its corpus (exit 0 clean, 1 drift)"
-    )
+    verify = _command(commands, "verify", "report drift between an index and its corpus (exit 1 on drift)")
     verify.add_argument("--index", required=True, help="index directory")
     verify.add_argument("--source", help="corpus location (default: where the index was built from)")
     verify.add_argument("--hash", action="store_true", help="compare every file's sha256, not size/mtime")
     verify.add_argument("--json", action="store_true", help="print the full report as JSON after the summary")
     verify.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    serve = commands.add_parser("serve", help="serve an index over HTTP")
-    serve.add_argument("--index", help="index directory (default: SJFT_INDEX_DIR)")
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
-    serve.add_argument("--redis-url")
-    serve.add_argument("--device", help="cpu or cuda")
+    # serve's defaults are the settings' (environment variables, then retrieval_service/api/settings.py).
+    serve = _command(commands, "serve", "serve an index over HTTP")
+    serve.add_argument("--index", help="index directory (default: $SJFT_INDEX_DIR)")
+    serve.add_argument("--host", help="bind address (default: $SJFT_HOST, else 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="bind port (default: $SJFT_PORT, else 8000)")
+    serve.add_argument("--redis-url", help="Redis URL, '' for none (default: $REDIS_URL, else none)")
+    serve.add_argument("--device", help="cpu or cuda (default: $SJFT_DEVICE, else cpu)")
     serve.add_argument(
-        "--workers", type=_positive, help="worker processes sharing the memory-mapped index (default 1)"
+        "--workers", type=_positive,
+        help="worker processes sharing the memory-mapped index (default: $SJFT_WORKERS, else 1)",
     )
     serve.add_argument(
         "--nprobe", type=_positive, help="IVF cells probed per query (default: the index's, engine.json)"
@@ -183,8 +196,8 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)  # usage errors: argparse exits 2
+def main(argv: Sequence[str] | None = None, prog: str = "python -m retrieval_service") -> int:
+    args = build_parser(prog).parse_args(argv)  # usage errors: argparse exits 2
     if args.command == "build":
         logging.basicConfig(
             level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
@@ -197,3 +210,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted (a build resumes from its finished shards when run again)", file=sys.stderr)
         return 130
+
+
+def sjft_retrieval() -> int:
+    """The installed command ``sjft-retrieval`` (pyproject.toml [project.scripts]): ``main`` by that name."""
+    return main(prog="sjft-retrieval")

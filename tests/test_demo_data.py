@@ -1,6 +1,6 @@
 """The demo's synthetic data: deterministic, a truthful manifest, and target classes that really are nearest
 (by the project's own descriptor and divergence) to the source classes the manifest says they were built from.
-Plus the whole ``python -m demo --quick`` end to end."""
+Plus the whole ``python -m sjft.demo --quick`` end to end."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import httpx
 import numpy as np
 import pytest
 
-from demo.data import MANIFEST_NAME, SOURCE_CLASSES, TARGET_CLASSES, DemoManifest, generate
+from sjft.demo.data import MANIFEST_NAME, SOURCE_CLASSES, TARGET_CLASSES, DemoManifest, generate
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = {"size": 32, "source_per_class": 2, "target_train": 1, "target_val": 1}
@@ -88,10 +88,10 @@ def test_matching_source_classes_are_nearest_by_descriptor(tmp_path):
 @pytest.mark.slow  # about 1-1.5 min on 2 idle cores (78 s of CPU measured); minutes under heavy load
 @pytest.mark.timeout(420)
 def test_quick_demo_end_to_end(tmp_path, redis_url):
-    """``python -m demo --quick``: every step runs, the report is written, and nothing is left running."""
+    """``python -m sjft.demo --quick``: every step runs, the report is written, nothing is left running."""
     out = tmp_path / "demo_out"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    argv = [sys.executable, "-m", "demo", "--quick", "--out", str(out), "--redis-url", redis_url]
+    argv = [sys.executable, "-m", "sjft.demo", "--quick", "--out", str(out), "--redis-url", redis_url]
     proc = subprocess.run(argv,
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from demo.procs import DemoError, Supervisor
+from sjft.demo.procs import DemoError, Supervisor
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -80,7 +80,7 @@ def test_sigterm_stops_everything_the_demo_started(tmp_path):
     script = textwrap.dedent(f"""
         import sys, time
         from pathlib import Path
-        from demo.procs import Supervisor, install_signal_handlers
+        from sjft.demo.procs import Supervisor, install_signal_handlers
         install_signal_handlers()
         with Supervisor(Path({str(tmp_path)!r})) as sup:
             try:

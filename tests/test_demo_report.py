@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from demo.report import outcome, outcome_table, selection_reports
+from sjft.demo.report import outcome, outcome_table, selection_reports
 
 
 def _rows(*accs: float) -> list[dict]:

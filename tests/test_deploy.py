@@ -202,12 +202,12 @@ def test_entrypoint_exists_is_executable_and_uses_real_build_flags():
 
     text = ENTRYPOINT.read_text()
     used = set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", text))
-    # (python -m demo.data takes --out and --size too)
+    # (python -m sjft.demo.data takes --out and --size too)
     assert used <= parser_options(build_parser(), "build"), used - parser_options(build_parser(), "build")
     assert {"--source", "--out", "--size", "--device"} <= used
-    assert "python -m retrieval_service build" in text and "python -m demo.data" in text
+    assert "python -m retrieval_service build" in text and "python -m sjft.demo.data" in text
     assert (ROOT / "retrieval_service" / "__main__.py").is_file()
-    assert 'if __name__ == "__main__"' in (ROOT / "demo" / "data.py").read_text()
+    assert 'if __name__ == "__main__"' in (ROOT / "sjft" / "demo" / "data.py").read_text()
 
 
 def test_dockerfile_commands_name_real_modules():
@@ -310,5 +310,5 @@ def test_dockerignore_keeps_the_context_small_but_complete():
     ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
                if line.strip() and not line.startswith("#")}
     assert {".git", ".venv", "runs", "bench_out", "demo_out"} <= ignored
-    copied = {"pyproject.toml", "README.md", "services", "retrieval_service", "trainer", "demo", "docker"}
+    copied = {"pyproject.toml", "README.md", "services", "retrieval_service", "trainer", "sjft", "docker"}
     assert not copied & ignored

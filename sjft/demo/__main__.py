@@ -1,4 +1,4 @@
-"""``python -m demo`` (what ``make demo`` runs): see ``demo/pipeline.py``."""
+"""``python -m sjft.demo`` (what ``make demo`` runs): see ``sjft/demo/pipeline.py``."""
 
 from __future__ import annotations
 
@@ -7,14 +7,17 @@ import os
 import sys
 from pathlib import Path
 
-from demo.pipeline import DemoConfig, main
-from demo.procs import install_signal_handlers
+from services.clihelp import HelpFormatter
+from sjft.demo.pipeline import DemoConfig, main
+from sjft.demo.procs import install_signal_handlers
+from trainer.ablation.harness import parse_seeds
+from trainer.config import ConfigError
 
 
-def parse_args(argv: list[str] | None = None) -> DemoConfig:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m demo",
-        description="Synthetic data -> index -> retrieval service -> selective vs random joint fine-tuning.",
+        prog="python -m sjft.demo", formatter_class=HelpFormatter,
+        description="Selective vs random joint fine-tuning end to end, on synthetic data.",
     )
     parser.add_argument("--out", type=Path, default=Path("demo_out"), help="output dir (default demo_out)")
     parser.add_argument("--rounds", type=int, default=None, help="rounds (default 2; 1 with --quick)")
@@ -30,16 +33,19 @@ def parse_args(argv: list[str] | None = None) -> DemoConfig:
                         help="Redis for the service (default $REDIS_URL); '' runs without Redis")
     parser.add_argument("--no-random", action="store_true", help="skip the random-selection comparison run")
     parser.add_argument("--workers", type=int, default=0, help="decoding processes of the index build")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> DemoConfig:
+    parser = build_parser()
     args = parser.parse_args(argv)
     rounds = args.rounds if args.rounds is not None else (1 if args.quick else 2)
     if rounds < 1:
         parser.error("--rounds must be >= 1")
-    try:
-        seeds = tuple(int(v) for v in (args.seeds or ("0" if args.quick else "0,1,2")).split(","))
-    except ValueError:
-        parser.error(f"--seeds takes comma-separated integers, got {args.seeds!r}")
-    if len(set(seeds)) != len(seeds):
-        parser.error(f"--seeds: give distinct seeds, got {args.seeds!r}")
+    try:  # the same reading as `trainer ablate --seeds`: the seeds themselves, never a count
+        seeds = tuple(parse_seeds(args.seeds or ("0" if args.quick else "0,1,2")))
+    except ConfigError as exc:
+        parser.error(str(exc))
     return DemoConfig(out=args.out, rounds=rounds, quick=args.quick, keep_running=args.keep_running,
                       seed=args.seed, seeds=seeds, device=args.device, redis_url=args.redis_url,
                       compare_random=not args.no_random, workers=args.workers)

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from demo.textures import GENERATORS, Gray, _grid, _smooth_noise
 from services.fileio import atomic_write
+from sjft.demo.textures import GENERATORS, Gray, _grid, _smooth_noise
 
 MANIFEST_NAME = "demo_manifest.json"
 FORMAT_VERSION = 2  # 2: 64 source classes (52 distractors)
@@ -235,18 +235,28 @@ def generate(
     return manifest
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m demo.data --out DIR``: only the data (the container entrypoint indexes it)."""
+def build_parser():
+    """``python -m sjft.demo.data --out DIR``: only the data (the container entrypoint indexes it)."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m demo.data", description=main.__doc__)
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--source-per-class", type=int, default=48)
-    parser.add_argument("--target-train", type=int, default=12)
-    parser.add_argument("--target-val", type=int, default=24)
-    args = parser.parse_args(argv)
+    from services.clihelp import HelpFormatter
+
+    parser = argparse.ArgumentParser(
+        prog="python -m sjft.demo.data", formatter_class=HelpFormatter,
+        description="Write the demo's synthetic source corpus and target set, nothing more.",
+    )
+    parser.add_argument("--out", type=Path, required=True, help="directory to write source/ and target/ into")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every generated image")
+    parser.add_argument("--size", type=int, default=64, help="image side, px")
+    parser.add_argument("--source-per-class", type=int, default=48, help="source images per texture class")
+    parser.add_argument("--target-train", type=int, default=12, help="target training images per class")
+    parser.add_argument("--target-val", type=int, default=24, help="target validation images per class")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m sjft.demo.data``: write the data, print one line."""
+    args = build_parser().parse_args(argv)
     manifest = generate(args.out, seed=args.seed, size=args.size, source_per_class=args.source_per_class,
                         target_train=args.target_train, target_val=args.target_val)
     print(f"demo data: {len(manifest.source_classes)} source classes, {len(manifest.mapping)} target classes "

@@ -19,11 +19,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from demo import report
-from demo.data import FORMAT_VERSION, MANIFEST_NAME, DemoManifest, generate
-from demo.procs import DemoError, Supervisor
 from retrieval_service.testing import free_port
 from services.fileio import atomic_write
+from sjft.demo import report
+from sjft.demo.data import FORMAT_VERSION, MANIFEST_NAME, DemoManifest, generate
+from sjft.demo.procs import DemoError, Supervisor
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ENSURE_REDIS = REPO_ROOT / "scripts" / "ensure_redis.sh"

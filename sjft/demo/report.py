@@ -7,11 +7,11 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from demo.data import DemoManifest
 from services.client import RetrievalClient, encode_image
 from services.fileio import atomic_write
 from services.schemas import Query
-from trainer.stats import paired
+from sjft.demo.data import DemoManifest
+from trainer.ablation.stats import paired
 
 Runs = dict[int, dict[str, list[dict]]]  # training seed -> source mode -> metrics.jsonl rows
 SELECTION_REPORT = "selection.html"  # written into a run dir by the trainer's selection report, when present

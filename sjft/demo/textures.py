@@ -1,7 +1,7 @@
 """Texture generators of the demo's source classes: (x, y, rng, scale, angle) -> (S, S) gray in [0, 1].
 
 Pure numpy (+ PIL resizing); every random choice comes from the ``rng`` passed in, so a class's images depend
-only on its generator's seed (see ``demo.data.generate``). ``x, y`` are pixel coordinates (possibly warped by
+only on its generator's seed (see ``data.generate``). ``x, y`` are pixel coordinates (possibly warped by
 a target class), ``scale`` the characteristic length in px, ``angle`` in degrees.
 """
 
