@@ -19,60 +19,26 @@ members are read in place through their data offset, never by unpacking the arch
 
 from __future__ import annotations
 
-import functools
 import glob
 import io
 import os
 import tarfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from services.errors import SJFTError
+from retrieval_service.index.records import (
+    Corpus,
+    CorpusError,
+    SourceRecord,
+    UnsafeSourcePath,
+    _ext,
+    _read_class_names,
+    _safe_join,
+)
 
 IMAGE_EXTS = frozenset({"jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm", "pgm", "pbm"})
 MAX_CLS_BYTES = 4096
 LINK_PREFIX = "link:"  # member of a record whose path is a followed symlink's target outside the root
-
-
-class CorpusError(SJFTError):
-    """A source path that does not exist, is not a corpus, or whose layout cannot be read."""
-
-    code = "invalid_corpus"
-
-
-class UnsafeSourcePath(SJFTError):
-    """A record that points outside its corpus root (``..``, absolute path or a symlink leaving the root)."""
-
-    code = "unsafe_path"
-
-
-@dataclass(frozen=True, slots=True)
-class SourceRecord:
-    """One source image: ``path`` relative to the corpus root; ``member`` + ``offset`` locate a tar member."""
-
-    source_id: int
-    path: str
-    member: str | None
-    label: int
-    class_name: str
-    ext: str
-    nbytes: int
-    sha256: str | None = None
-    offset: int | None = None  # tar member's data offset (tarinfo.offset_data); None for plain files
-    width: int | None = None
-    height: int | None = None
-
-
-@dataclass
-class Corpus:
-    """The sorted candidates of one source, plus entries rejected before any image was read."""
-
-    root: Path
-    kind: str  # "folder" | "tar"
-    classes: list[str]
-    records: list[SourceRecord]
-    skipped: list[dict] = field(default_factory=list)  # {"path", "member", "reason"}
 
 
 def enumerate_corpus(
@@ -300,27 +266,6 @@ class _Window(io.RawIOBase):
         super().close()
 
 
-@functools.lru_cache(maxsize=64)
-def _resolved_root(root: str) -> Path:
-    # Resolving the root costs a syscall per path component; streaming calls _safe_join once per image.
-    return Path(root).resolve()
-
-
-def _safe_join(root: Path, rel: str) -> Path:
-    """``root / rel`` resolved; refuses anything (``..``, absolute, symlink) that ends outside ``root``."""
-    if not rel or os.path.isabs(rel):
-        raise UnsafeSourcePath(f"source path {rel!r} is not relative to the corpus root")
-    base = _resolved_root(str(root))
-    full = (base / rel).resolve()
-    if not full.is_relative_to(base):
-        raise UnsafeSourcePath(f"source path {rel!r} leaves the corpus root")
-    return full
-
-
-def _ext(name: str) -> str:
-    return name.rsplit(".", 1)[-1].lower() if "." in name else ""
-
-
 def _split_key(member: str) -> tuple[str, str]:
     """WebDataset convention: the key runs to the first dot of the file name, the rest is the extension."""
     directory, _, base = member.rpartition("/")
@@ -330,10 +275,3 @@ def _split_key(member: str) -> tuple[str, str]:
 
 def _is_int(text: str) -> bool:
     return text.isdigit()
-
-
-def _read_class_names(root: Path) -> list[str]:
-    path = root / "classes.txt"
-    if not path.is_file():
-        return []
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -22,7 +22,15 @@ import json
 import os
 from pathlib import Path
 
-from retrieval_service.index.corpus import Corpus, CorpusError, SourceRecord
+from retrieval_service.index.records import (
+    Corpus,
+    CorpusError,
+    SourceRecord,
+    UnsafeSourcePath,
+    _ext,
+    _read_class_names,
+    _safe_join,
+)
 
 COLUMNAR_EXTS = frozenset({"parquet", "arrow"})
 LIST_EXTS = frozenset({"csv", "jsonl"})
@@ -247,8 +255,6 @@ def _csv_rows(text: str, list_file: Path) -> list[tuple[str, object, int]]:
 def enumerate_listed(list_file: Path) -> Corpus:
     """A ``.csv``/``.jsonl`` list: candidates in list order; paths that leave the list's directory or do
     not exist are reported as skipped (labels come from every row: a skip never renumbers the classes)."""
-    from retrieval_service.index.corpus import UnsafeSourcePath, _ext, _read_class_names, _safe_join
-
     rows, root = enumerate_list(list_file)
     if not rows:
         raise CorpusError(f"the list {list_file} names no images")
