@@ -10,7 +10,14 @@ from fastapi import Depends, FastAPI
 
 from retrieval_service.api.deps import document_bearer
 from retrieval_service.api.errors import install_error_handlers
-from retrieval_service.api.middleware import BodyLimit, BodyTimeout, Guard, JsonBody, RequestContext
+from retrieval_service.api.middleware import (
+    BodyLimit,
+    BodyTimeout,
+    Guard,
+    JsonBody,
+    RequestContext,
+    quiet_deliberate_aborts,
+)
 from retrieval_service.api.responses import V1_COMMON, document_errors, error_responses
 from retrieval_service.api.routes import catalog, health, jobs, neighbors, sources, ui
 from retrieval_service.api.routes import index as index_routes
@@ -58,4 +65,5 @@ def create_app(settings: Settings | None = None, index=None) -> FastAPI:
     app.add_middleware(BodyTimeout, timeout_s=settings.body_timeout_s)
     app.add_middleware(RequestContext, state=state)
     logging.getLogger("retrieval_service").setLevel(settings.log_level.upper())
+    quiet_deliberate_aborts()
     return app

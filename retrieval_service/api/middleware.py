@@ -8,6 +8,7 @@ body being read or validated (a malformed body from a caller without a token is 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hmac
 import json
 import logging
@@ -19,10 +20,29 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from retrieval_service.api.state import ServiceState
+from retrieval_service.api.stream import StreamAborted
 from retrieval_service.shared_state.ratelimit import RateLimiter
 
 log = logging.getLogger("retrieval_service")
 CLIENT_CLOSED = 499  # nginx's status for "the client went away before the answer": never counted as a 500
+# Set (in the request's own task) when a response was aborted on purpose, so uvicorn's complaint about the
+# incomplete response, logged in that same task right after, is not a second error for one known event.
+_aborted = contextvars.ContextVar("sjft_response_aborted", default=False)
+_INCOMPLETE = "ASGI callable returned without completing response."
+
+
+class AbortedResponseFilter(logging.Filter):
+    """Drops uvicorn's "returned without completing response" for a response aborted on purpose."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (_aborted.get() and record.getMessage() == _INCOMPLETE)
+
+
+def quiet_deliberate_aborts() -> None:
+    """Install ``AbortedResponseFilter`` on uvicorn's error logger (once per process)."""
+    logger = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, AbortedResponseFilter) for f in logger.filters):
+        logger.addFilter(AbortedResponseFilter())
 
 
 def _error_messages(status: int, code: str, message: str, details=None, headers=None) -> list[Message]:
@@ -76,6 +96,9 @@ class RequestContext:
             await self.app(scope, _receive, _send)
         except ClientDisconnect:
             gone = True  # the client left while its body was read: nobody to answer, nothing to log
+        except StreamAborted:
+            # Logged where it happened; returning without the final chunk makes uvicorn drop the connection.
+            _aborted.set(True)
         except Exception:
             if not gone:
                 raise

@@ -9,7 +9,10 @@ edge fit, only the response values the final reservoir keeps (``edges.py``).
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing as mp
+import os
+import signal
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -31,8 +34,29 @@ _SETUP: ExtractionSetup | None = None
 _ROOT: Path | None = None
 
 
+def _die_with_parent() -> None:
+    """Linux: have the kernel SIGTERM this worker when the build that spawned it dies.
+
+    A killed build (SIGKILL, OOM) otherwise left its workers running their batch to the end, and then each
+    printed a BrokenPipeError traceback when it could not hand the result back. SIGTERM's default action
+    ends the worker silently. Elsewhere (no prctl) this is a no-op.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    parent = mp.parent_process()
+    if parent is not None and os.getppid() != parent.pid:  # it died before prctl: too late to be told
+        os._exit(0)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
 def _init(setup: ExtractionSetup, root: str) -> None:
     global _SETUP, _ROOT
+    _die_with_parent()
     _SETUP, _ROOT = setup, Path(root)
     worker_extractor(setup)  # build the bank (and its FFT plans lazily) before the first batch arrives
 

@@ -2,8 +2,9 @@
 
 The corpus fingerprint (``staging.py``) covers paths and sizes, so a file rewritten with the same size kept
 its stale histogram when a killed build resumed. Each shard now has ``stamps-<i>.npy``: (size, mtime_ns,
-ctime_ns) of the file behind each of its candidates, as stat-ed when the run that extracts the shard starts. On resume a
-shard whose stamps differ from the files' current ones (or that has none) is deleted and extracted again.
+ctime_ns) of the file behind each of its candidates, as stat-ed when the run that extracts the shard
+starts. On resume a shard whose stamps differ from the files' current ones (or that has none) is deleted
+and extracted again.
 A file changed after that stat but before it was read is also caught: its mtime then differs next time.
 The ctime catches a same-size copy that keeps the mtime (``cp -p``, ``rsync -t``, ``touch -r``): no user
 can set it back. Stamps of an older build (two columns) count as none. ``verify --hash`` compares every
