@@ -17,7 +17,8 @@ from trainer.remote.leak import find_leaks, save_leaks
 from trainer.remote.queries import index_key, target_queries
 from trainer.remote.selector import Selector, matched_pool_sizes
 from trainer.reports.metrics import write_metrics
-from trainer.rounds.selection import NeighborLists, SourceState
+from trainer.rounds.neighbors import NeighborLists
+from trainer.rounds.selection import SourceState
 from trainer.rundir import lock_run_dir
 from trainer.training.checkpoint import load_checkpoint, rng_state, set_rng_state
 from trainer.training.data import ImageStore, load_target

@@ -10,9 +10,10 @@ import torch
 
 from services.client import ServiceUnavailableError
 from services.schemas import Neighbor, NeighborsResponse, QueryResult
-from trainer.remote.fetch import SourceCache, download, fetch_windows
+from trainer.remote.fetch import SourceCache, download
 from trainer.remote.queries import QueryMaker
-from trainer.rounds.selection import NeighborLists
+from trainer.remote.selector import fetch_windows
+from trainer.rounds.neighbors import NeighborLists
 
 SPEC_HASH = "0" * 64
 

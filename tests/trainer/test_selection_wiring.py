@@ -12,7 +12,8 @@ import pytest
 from services.client import RetrievalClient
 from trainer.remote.jobs import SHOWN_SOURCES, round_event
 from trainer.reports.round_report import write_round_report
-from trainer.rounds.selection import NeighborLists, SourceState
+from trainer.rounds.neighbors import NeighborLists
+from trainer.rounds.selection import SourceState
 
 from .conftest import run_trainer, trainer_cmd
 from .test_e2e import kill_after_round_0_and_resume

@@ -12,7 +12,8 @@ import torch
 from services.client import RetrievalClient
 from trainer.remote.queries import QueryMaker
 from trainer.remote.selector import Selector, matched_pool_sizes
-from trainer.rounds.selection import NeighborLists, SourceState, consume_stream, pair_sources
+from trainer.rounds.neighbors import NeighborLists
+from trainer.rounds.selection import SourceState, consume_stream, pair_sources
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
-"""Neighbor windows from the service (each round asks only for the new window [old K_i, new K_i) with
-per-query ``offset``/``k``), and the local content-addressed cache of source images they name.
+"""The source images a round trains on: downloaded from the service (``download``, resumable streams) into the
+local content-addressed cache shared by every run (``SourceCache``).
 """
 
 from __future__ import annotations
@@ -14,43 +14,6 @@ from tqdm import tqdm
 
 from services.client import RetrievalClient, ServiceUnavailableError
 from services.fileio import atomic_write
-from trainer.remote.queries import QueryMaker
-from trainer.rounds.selection import NeighborLists
-
-
-def fetch_windows(
-    client: RetrievalClient,
-    queries: QueryMaker,
-    lists: NeighborLists,
-    new_k: Sequence[int],
-    metric: str,
-    exclude: Sequence[int] = (),
-    max_per_source: int | None = None,
-) -> int:
-    """Extend every target's list to ``new_k[i]`` by asking only for [len(list), new_k[i]); returns queries
-    sent. ``exclude`` (leaked ids) must stay the same for the whole run, or the prefixes would not chain."""
-    todo = [
-        (i, len(lists.ranked[i]), int(ki) - len(lists.ranked[i]))
-        for i, ki in enumerate(new_k)
-        if ki > len(lists.ranked[i]) and i not in lists.exhausted
-    ]
-    if not todo:
-        return 0
-    batch = [queries.query(i, k=k, offset=offset) for i, offset, k in todo]
-    # Hub control only when asked for: a service without the field keeps working.
-    hubs = {"max_per_source": max_per_source} if max_per_source is not None else {}
-    response = client.neighbors(
-        batch, k=max(k for _, _, k in todo), metric=metric, exclude_source_ids=list(exclude), **hubs
-    )
-    by_id = {r.id: r.neighbors for r in response.results}
-    for i, _, k in todo:
-        found = by_id[str(i)]
-        lists.ranked[i].extend(n.source_id for n in found)
-        lists.distances[i].extend(float(n.distance) for n in found)
-        lists.labels.update((n.source_id, n.label) for n in found)
-        if len(found) < k:
-            lists.exhausted.add(i)
-    return len(todo)
 
 
 class SourceCache:

@@ -9,24 +9,62 @@
   replacement, and a round takes the next ``steps * global_batch * source_ratio`` of them.
 - none: no sources at all (plain fine-tuning: no resampling by K, no source head, no service).
 
-Labels of random/all ids come from the service by id (``source_labels``), never from a self-query.
+Labels of random/all ids come from the service by id (``source_labels``), never from a self-query. Neighbor
+lists deepen by windows: round m asks only for [old K_i, new K_i) with per-query ``offset``/``k``
+(``fetch_windows``).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from services.client import RetrievalClient
-from trainer.remote.fetch import fetch_windows
 from trainer.remote.queries import QueryMaker
+from trainer.rounds.neighbors import NeighborLists
 from trainer.rounds.plan import POOL, STREAM, seed_int
 from trainer.rounds.selection import SourceState
 
 STREAM_CHUNK = 8192  # ids per sample_sources call of the all-mode stream
+
+
+def fetch_windows(
+    client: RetrievalClient,
+    queries: QueryMaker,
+    lists: NeighborLists,
+    new_k: Sequence[int],
+    metric: str,
+    exclude: Sequence[int] = (),
+    max_per_source: int | None = None,
+) -> int:
+    """Extend every target's list to ``new_k[i]`` by asking only for [len(list), new_k[i]); returns queries
+    sent. ``exclude`` (leaked ids) must stay the same for the whole run, or the prefixes would not chain."""
+    todo = [
+        (i, len(lists.ranked[i]), int(ki) - len(lists.ranked[i]))
+        for i, ki in enumerate(new_k)
+        if ki > len(lists.ranked[i]) and i not in lists.exhausted
+    ]
+    if not todo:
+        return 0
+    batch = [queries.query(i, k=k, offset=offset) for i, offset, k in todo]
+    # Hub control only when asked for: a service without the field keeps working.
+    hubs = {"max_per_source": max_per_source} if max_per_source is not None else {}
+    response = client.neighbors(
+        batch, k=max(k for _, _, k in todo), metric=metric, exclude_source_ids=list(exclude), **hubs
+    )
+    by_id = {r.id: r.neighbors for r in response.results}
+    for i, _, k in todo:
+        found = by_id[str(i)]
+        lists.ranked[i].extend(n.source_id for n in found)
+        lists.distances[i].extend(float(n.distance) for n in found)
+        lists.labels.update((n.source_id, n.label) for n in found)
+        if len(found) < k:
+            lists.exhausted.add(i)
+    return len(todo)
 
 
 def matched_pool_sizes(run_dir: str) -> list[int]:

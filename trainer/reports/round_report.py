@@ -20,8 +20,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from trainer.reports.selection import Pick, SelectionReport, write_selection_report
+from trainer.rounds.neighbors import NeighborLists
 from trainer.rounds.plan import Plan
-from trainer.rounds.selection import NeighborLists, SourceState
+from trainer.rounds.selection import SourceState
 
 
 def _class_name(classes: Sequence[str], label: int) -> str:

@@ -120,7 +120,7 @@ class Plan:
 
 
 def uniforms(seed: int, rnd: int, step: int, plan: Plan, rank: int) -> torch.Tensor:
-    """(b, 1 + R, 5) augmentation uniforms of this rank's rows at ``step`` (trainer.augment), drawn for the
+    """(b, 1 + R, 5) augmentation uniforms of this rank's rows at ``step`` (augment.py), drawn for the
     whole global batch so they do not depend on the number of ranks' split."""
     per_row = 1 + plan.source.shape[1]
     u = torch.rand(plan.global_batch, per_row, 5, generator=seeded(seed, rnd, AUGMENT, step))

@@ -1,5 +1,5 @@
-"""What a round's source selection is, as data: each target's ranked neighbor list, the state of every
-``--source-mode`` (pool, stream, leaked ids), and how a round pairs targets with sources.
+"""What a round's source selection is, as data: the state of every ``--source-mode`` (neighbor lists, pool,
+stream, leaked ids), and how a round pairs targets with sources.
 
 Pure: nothing here talks to the service or reads files (the asking is ``trainer.remote``). The state is saved
 in the checkpoint as plain values (``to_state``), so checkpoints do not depend on where these classes live.
@@ -7,65 +7,12 @@ in the checkpoint as plain values (``to_state``), so checkpoints do not depend o
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 
+from trainer.rounds.neighbors import NeighborLists
 from trainer.rounds.plan import cycle_own_lists, cycle_shared_pool
-
-
-@dataclass
-class NeighborLists:
-    """Each target's ranked source ids fetched so far (a prefix of its full ranking), their distances, every
-    source's label, and the K_i vector each round used (the selection report redraws every round from it)."""
-
-    ranked: list[list[int]]
-    labels: dict[int, int] = field(default_factory=dict)  # source_id -> source class index
-    exhausted: set[int] = field(default_factory=set)  # targets whose ranking ended (index smaller than K)
-    distances: list[list[float]] | None = None  # parallel to ranked; NaN where a checkpoint predates them
-    k_rounds: list[list[int]] = field(default_factory=list)  # k_rounds[r][i]: target i's K in round r
-
-    def __post_init__(self) -> None:
-        if self.distances is None:
-            self.distances = [[math.nan] * len(r) for r in self.ranked]
-
-    def selected(self, k: Sequence[int]) -> list[int]:
-        """Distinct source ids within the current K_i prefixes, in first-seen order."""
-        return list(dict.fromkeys(s for i, ki in enumerate(k) for s in self.ranked[i][:ki]))
-
-    def record_round(self, rnd: int, k: Sequence[int]) -> None:
-        """Remember round ``rnd``'s K vector (a round redone after a resume replaces its entry)."""
-        del self.k_rounds[rnd:]
-        self.k_rounds.append([int(ki) for ki in k])
-
-    def prefix(self, i: int, k: int) -> list[tuple[int, float, int]]:
-        """Target ``i``'s ``k`` nearest fetched sources as (source_id, distance, label), nearest first."""
-        ranked, distances = self.ranked[i][:k], self.distances[i][:k]
-        return [(s, d, self.labels[s]) for s, d in zip(ranked, distances, strict=True)]
-
-    def to_state(self) -> dict:
-        return {
-            "ranked": self.ranked,
-            "distances": self.distances,
-            "labels": self.labels,
-            "exhausted": sorted(self.exhausted),
-            "k_rounds": self.k_rounds,
-        }
-
-    @classmethod
-    def from_state(cls, state: dict) -> NeighborLists:
-        """Also reads checkpoints written before distances and k_rounds were kept (NaN, no history)."""
-        labels = {int(s): int(y) for s, y in state["labels"].items()}
-        distances = state.get("distances")
-        return cls(
-            ranked=[list(r) for r in state["ranked"]],
-            labels=labels,
-            exhausted=set(state["exhausted"]),
-            distances=[[float(d) for d in r] for r in distances] if distances is not None else None,
-            k_rounds=[list(k) for k in state.get("k_rounds", [])],
-        )
 
 
 @dataclass

@@ -3,7 +3,7 @@
 Images are decoded with their shorter side at ``resize_size(input_size)`` (aspect kept) and kept as uint8
 ``(3, H, W)`` in an LRU of ``capacity`` images, so memory stays bounded whatever the number of sources (the
 source files themselves live in the content-addressed cache on disk and are decoded again when evicted).
-Batches are built by ``trainer.augment`` views from per-image uniforms, so they do not depend on threads.
+Batches are built by ``augment.py`` views from per-image uniforms, so they do not depend on threads.
 """
 
 from __future__ import annotations
