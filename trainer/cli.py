@@ -87,7 +87,7 @@ def _budget_flags(p: argparse.ArgumentParser, d: RunConfig) -> None:
                    help="alternative round length: ceil(E * n_target / (batch_size * world)) steps "
                         "(default: unset, see --steps-per-round)")
     p.add_argument("--source-passes", type=float, default=d.source_passes,
-                   help="times round 0 sees each selected source (sets the default --steps-per-round)")
+                   help="times round 0 sees each selected source (sizes an unset --steps-per-round)")
     p.add_argument("--source-ratio", type=int, default=d.source_ratio,
                    help="source images per target image in a batch (the paper: 1)")
     p.add_argument("--batch-size", type=int, default=d.batch_size,

@@ -12,6 +12,7 @@ from services.fileio import atomic_write
 from services.schemas import Query
 from sjft.demo.data import DemoManifest
 from trainer.ablation.stats import paired
+from trainer.reports.metrics import save_figure
 
 Runs = dict[int, dict[str, list[dict]]]  # training seed -> source mode -> metrics.jsonl rows
 SELECTION_REPORT = "selection.html"  # written into a run dir by the trainer's selection report, when present
@@ -172,11 +173,7 @@ def plot(out_png: Path, runs: Runs, fractions: list[MatchingFraction]) -> Path:
     ax_match.set(ylim=(0, 1.2), ylabel="share from matching source classes", title="What retrieval picks")
     ax_match.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
     ax_match.legend(loc="upper center", ncol=2)
-    fig.tight_layout()
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
-    return out_png
+    return save_figure(fig, out_png, dpi=110)
 
 
 def write_summary(path: Path, runs: Runs, fractions: list[MatchingFraction], extra: dict) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from trainer.reports.metrics import save_figure
+
 
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}"
@@ -62,8 +64,4 @@ def plot(result: dict, out_png: Path) -> Path:
     ax.set_ylabel(f"val {result['metric']} (%)")
     ax.set_title(f"Ablation over {len(result['seeds'])} seeds (dots: one seed each)")
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
-    return out_png
+    return save_figure(fig, out_png, dpi=110)

@@ -61,7 +61,17 @@ def plot_curves(path: Path, rows: Sequence[dict]) -> None:
     ax.set_xticks(rounds)
     ax.grid(alpha=0.3)
     ax.legend()
+    save_figure(fig, path)
+
+
+def save_figure(fig, path: Path, dpi: int = 100) -> Path:
+    """Lay out, write ``path`` as PNG (temporary file + rename: a reader never sees half a figure) and close
+    ``fig`` (pyplot keeps every open figure alive). Every figure of a run, an ablation and the demo."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_writer(path) as f:
-        fig.savefig(f, format="png")
+        fig.savefig(f, format="png", dpi=dpi)
     plt.close(fig)
+    return path
