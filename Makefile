@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 REDIS_URL ?= redis://127.0.0.1:6379/0
 export REDIS_URL
 
-.PHONY: install test lint unit demo redis chromium bench clean
+.PHONY: install test lint unit demo redis chromium bench clean compose-test
 
 # The venv is rebuilt only when pyproject.toml changes (stamp file).
 $(VENV)/.installed: pyproject.toml
@@ -35,6 +35,11 @@ test: install redis chromium lint
 # Extra flags: make demo DEMO_ARGS="--quick" (or --keep-running, --rounds N, --out DIR).
 demo: install
 	$(PY) -m sjft.demo $(DEMO_ARGS)
+
+# The real stack under `docker compose` (CPU override): engine, base images, build, up, query, one training round,
+# down. Needs root or a Docker engine; it makes what it lacks (scripts/compose_smoke.sh says what it does).
+compose-test:
+	@bash scripts/compose_smoke.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

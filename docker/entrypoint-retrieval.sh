@@ -29,7 +29,7 @@ else
     source_dir="$demo_dir/source"
     size="${BUILD_SIZE:-64}"
     echo "entrypoint: no index and no SOURCE_DIR: generating the demo corpus under $demo_dir"
-    python -m demo.data --out "$demo_dir" --size "$size"
+    python -m sjft.demo.data --out "$demo_dir" --size "$size"
   fi
   args=(--source "$source_dir" --out "$index_dir" --bank "$bank" --bins "$bins" --size "$size"
         --device "$device" --workers "$workers" --batch-size "$batch" --no-progress)

@@ -23,7 +23,7 @@ ENV_EXAMPLE = ROOT / ".env.example"
 VAR = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)(?::?-([^}]*))?\}")
 # Variables of the images themselves, not of the project's configuration.
 IMAGE_ENV = {"PATH", "PYTHONUNBUFFERED", "DEBIAN_FRONTEND", "PIP_NO_CACHE_DIR",
-             "PIP_DISABLE_PIP_VERSION_CHECK"}
+             "PIP_DISABLE_PIP_VERSION_CHECK", "PIP_ROOT_USER_ACTION", "MPLCONFIGDIR"}
 
 
 class Tagged:
@@ -132,7 +132,7 @@ def parser_options(parser: argparse.ArgumentParser, command: str) -> set[str]:
 def test_compose_has_the_three_services_with_healthchecks(compose):
     services = compose["services"]
     assert set(services) >= {"redis", "retrieval", "trainer"}
-    redis_image = services["redis"]["image"]
+    redis_image = interpolate(services["redis"]["image"])
     assert re.fullmatch(r"redis:\d+\.\d+\.\d+(-[a-z0-9]+)?", redis_image), f"not pinned: {redis_image}"
     assert services["redis"]["healthcheck"]["test"][-2:] == ["redis-cli", "ping"]
     retrieval_check = " ".join(services["retrieval"]["healthcheck"]["test"])
@@ -248,7 +248,7 @@ def test_dockerfile_orders_layers_for_caching_and_copies_existing_paths(name):
         parts = [p for p in rest.split() if not p.startswith("--")]
         for src in parts[:-1]:
             assert (ROOT / src).exists(), f"COPY of a missing path {src}"
-    first_source = min(i for i, rest in copies if rest.startswith(("services", "trainer")))
+    first_source = min(i for i, rest in copies if rest.split()[0] in (".", "services", "trainer"))
     requirements = next(i for i, (word, rest) in enumerate(instructions)
                         if word == "RUN" and "pip install -r" in rest)
     torch_layer = next(i for i, (word, rest) in enumerate(instructions)
@@ -312,3 +312,68 @@ def test_dockerignore_keeps_the_context_small_but_complete():
     assert {".git", ".venv", "runs", "bench_out", "demo_out"} <= ignored
     copied = {"pyproject.toml", "README.md", "services", "retrieval_service", "trainer", "sjft", "docker"}
     assert not copied & ignored
+
+
+# --- what the smoke test (scripts/compose_smoke.sh) relies on ---------------------------------------------
+
+BUILDKIT_ONLY = [
+    (re.compile(r"^#\s*syntax=", re.M), "a `# syntax=` line (pulls a frontend image from a registry)"),
+    (re.compile(r"<<-?'?\w+'?"), "a heredoc"),
+    (re.compile(r"--(chmod|mount|link)\b"), "a BuildKit-only flag"),
+]
+
+
+@pytest.mark.parametrize("name", sorted(DOCKERFILES))
+def test_dockerfiles_use_plain_syntax_that_the_classic_builder_reads(name):
+    text = DOCKERFILES[name].read_text()
+    for pattern, what in BUILDKIT_ONLY:
+        assert not pattern.search(text), f"{name}: {what}; an engine without buildx cannot build it"
+
+
+def test_the_two_images_share_their_first_layers():
+    """Identical instructions from the same base are one cached layer: the second image reuses the interpreter
+    and the multi-GB torch layer of the first."""
+    retrieval = dockerfile_instructions(DOCKERFILES["retrieval"])
+    trainer = dockerfile_instructions(DOCKERFILES["trainer"])
+    shared = 0
+    for a, b in zip(retrieval, trainer, strict=False):
+        if a != b:
+            break
+        shared += 1
+    torch_layer = next(i for i, (word, rest) in enumerate(retrieval) if word == "RUN" and "torch==" in rest)
+    assert shared > torch_layer, f"the Dockerfiles differ before the torch layer (at instruction {shared})"
+
+
+def test_base_image_and_torch_index_are_build_arguments_passed_by_compose(compose, compose_cpu):
+    for name, path in DOCKERFILES.items():
+        instructions = dockerfile_instructions(path)
+        assert instructions[0][0] == "ARG" and instructions[0][1].startswith("BASE_IMAGE=nvidia/cuda:")
+        stages: set[str] = set()
+        for word, rest in instructions:
+            if word == "FROM":  # every stage starts from the base argument or from an earlier stage
+                image, *alias = rest.split(" AS ")
+                assert image == "${BASE_IMAGE}" or image in stages, (name, rest)
+                stages.update(alias)
+        # An empty TORCH_INDEX_URL falls back to pip's configured index (the smoke test's wheelhouse).
+        assert '${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}' in path.read_text(), name
+        for override in (compose, compose_cpu):
+            args = override["services"][name]["build"]["args"]
+            assert {"BASE_IMAGE", "TORCH_INDEX_URL"} <= set(args), name
+            # `-`, not `:-`: an empty value is passed on
+            assert re.fullmatch(r"\$\{[A-Z_]+-[^}]+\}", args["TORCH_INDEX_URL"])
+        assert compose["services"][name]["build"]["network"] == "${BUILD_NETWORK:-default}"
+
+
+@pytest.mark.parametrize("script", ["scripts/compose_smoke.sh", "scripts/containers/lib.sh",
+                                    "docker/entrypoint-retrieval.sh", "docker/install-python.sh"])
+def test_shell_scripts_parse(script):
+    shell = "sh" if script.endswith("install-python.sh") else "bash"
+    result = subprocess.run([shell, "-n", str(ROOT / script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_ci_runs_the_smoke_test_and_reports_a_skip():
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert ci.index("make test") < ci.index("scripts/compose_smoke.sh")
+    assert "77" in ci and "skipped" in ci
+    assert "compose-test:" in (ROOT / "Makefile").read_text()

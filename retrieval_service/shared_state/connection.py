@@ -18,6 +18,15 @@ import redis
 log = logging.getLogger("retrieval_service.redis")
 
 T = TypeVar("T")
+
+# Replies of a server that is up but will not serve this client; redis-py maps some to their own classes and
+# leaves the rest as a ResponseError carrying the server's code word.
+_REFUSAL_CLASSES = (redis.exceptions.NoPermissionError, redis.exceptions.ReadOnlyError)
+_REFUSAL_CODES = ("DENIED", "MISCONF", "NOAUTH")
+
+
+def _is_refusal(exc: redis.ResponseError) -> bool:
+    return isinstance(exc, _REFUSAL_CLASSES) or str(exc).startswith(_REFUSAL_CODES)
 RedisStatus = Literal["ok", "unavailable", "disabled"]
 
 
@@ -72,6 +81,14 @@ class RedisState:
         try:
             result = fn(client)
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            self._mark_down(exc)
+            return None
+        except redis.ResponseError as exc:
+            # A server that answers but refuses us (protected mode, missing ACL permission, a read-only
+            # replica, failed persistence) is as unusable as one that is down: degrade, do not answer 500.
+            # Any other command error is a bug of ours and propagates.
+            if not _is_refusal(exc):
+                raise
             self._mark_down(exc)
             return None
         self._mark_up()

@@ -120,3 +120,21 @@ def test_ended_jobs_expire_after_retention_running_ones_do_not(redis_url, redis_
     assert client.zscore(f"{redis_namespace}:jobs", done.job_id) is None
     client.delete(key.format(running.job_id), key.format(running.job_id) + ":events")
     client.delete(f"{redis_namespace}:jobs")
+
+
+def test_a_redis_that_refuses_us_degrades_instead_of_raising(tmp_path):
+    """A server that answers but refuses (here: the default user stripped of every command, as an ACL
+    mistake would; protected mode's DENIED is the same case) counts as unavailable: /readyz says degraded and
+    requests go on without the cache, where it used to surface as an unhandled error (HTTP 500)."""
+    with redis_server(tmp_path / "refusing", free_port()) as url:
+        admin = redis.Redis.from_url(url)
+        admin.execute_command("ACL", "SETUSER", "default", "on", "nopass", "-@all", "+acl")
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            admin.ping()  # the refusal is real
+        state = RedisState(url, timeout_s=2.0, retry_s=0.0)
+        assert state.status() == "unavailable"
+        assert state.run(lambda c: c.get("anything")) is None
+        admin.execute_command("ACL", "SETUSER", "default", "+@all")
+        assert state.status() == "ok"  # and it recovers once the server serves again
+        with pytest.raises(redis.ResponseError):
+            state.run(lambda c: c.execute_command("NO-SUCH-COMMAND"))  # our own mistakes still surface
