@@ -11,8 +11,9 @@ seeds, which re-reads the finished cells and writes ``<out>/ablation.json`` / ``
 as the CPU tables. ``<out>/gpu_science.json`` records the sizing, the device and the wall time of every phase.
 
 Sizing (the default budget; ``--scale F`` multiplies the steps, ``--scale 0.5`` halves the training time):
-- measured on the project's 2-core CPU (BENCHMARKS.md, "Setting 4"): one full fine-tuning step of 16 target +
-  16 source images at 224 px costs several seconds, so this table does not fit any CPU budget;
+- measured on the project's 2-core CPU (``bench/step_cost.py``; BENCHMARKS.md, "Setting 4"): one full
+  fine-tuning step of 16 target + 16 source images at 224 px took 40.3 s on one thread at load 7-8 (0.8 img/s;
+  ~4 img/s on both idle cores), so the 288,000 training images of this table do not fit any CPU budget;
 - published: timm's ``results/benchmark-train-amp-nchw-pt112-cu113-rtx3090.csv`` gives efficientnet_lite0
   1,675 train img/s (AMP, batch 512, 224 px) on an RTX 3090. An H100 is faster, but our steps are small
   (32 + 32 images) and the augmentation runs on the CPU, so the budget assumes only
@@ -20,7 +21,7 @@ Sizing (the default budget; ``--scale F`` multiplies the steps, ``--scale 0.5`` 
   steps under autocast + GradScaler);
 - fixed costs assumed ``SETUP_S`` (weights, index build, service) plus ``PER_RUN_S`` per cell (process start,
   CUDA init, neighbour queries, source download, two evaluations).
-With 2 rounds x 300 steps of 32 target (+ 32 source) images that is ~6.4 min; the estimate is printed first.
+With 2 rounds x 300 steps of 32 target (+ 32 source) images that is ~5.8 min; the estimate is printed first.
 
 Exit status 77 (skipped) without a visible CUDA GPU, unless ``--allow-cpu`` (for the tiny CPU test).
 

@@ -85,9 +85,9 @@ def deep_embeddings(paths: list[Path], weights: Path, size: int, batch: int = 64
     model = timm.create_model("efficientnet_lite0", pretrained=False)
     model.load_state_dict(state, strict=True)
     model.eval()
-    norm = recorded if recorded is not None else IMAGENET  # the file's record (mean = std = 0.5 for Lite0)
-    mean = torch.tensor(norm.mean).view(1, 3, 1, 1)
-    std = torch.tensor(norm.std).view(1, 3, 1, 1)
+    norm_mean, norm_std = recorded if recorded is not None else IMAGENET  # Lite0's file: mean = std = 0.5
+    mean = torch.tensor(norm_mean).view(1, 3, 1, 1)
+    std = torch.tensor(norm_std).view(1, 3, 1, 1)
     feats: dict[str, list[torch.Tensor]] = {"deep-blocks4": [], "deep-penultimate": []}
 
     def load(p: Path) -> torch.Tensor:
