@@ -82,8 +82,15 @@ def _form_bool(value: Any) -> Any:
     return value
 
 
-# For FastAPI parameters (Path/Query/Form carry the bounds); JSON bodies use wire_int and StrictBool.
-TextInt = Annotated[int, BeforeValidator(_decimal_text)]
+def text_int(**bounds: int) -> Any:
+    """An integer path/query/form parameter of plain digits, with JSON-schema bounds (``ge``, ``le``, ...).
+
+    The bounds go inside, next to the validator: given to ``Query(...)`` around it they reached the OpenAPI
+    as raw ``ge``/``le`` keys instead of ``minimum``/``maximum``."""
+    return Annotated[int, Field(**bounds), BeforeValidator(_decimal_text)]
+
+
+# For FastAPI parameters; JSON bodies use wire_int and StrictBool.
 FormBool = Annotated[bool, BeforeValidator(_form_bool)]
 SourceId = wire_int(ge=0, lt=ID_LIMIT)
 Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="Lower-case hex SHA-256.")]

@@ -60,7 +60,9 @@ def create_app(settings: Settings | None = None, index=None) -> FastAPI:
     # without a token gets its 401 before anything else), the JSON content type, and the body cap, all
     # before the body is parsed.
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, path_limits={"/v1/jobs": JOB_BODY_MAX})
-    app.add_middleware(JsonBody, multipart_paths=frozenset({"/v1/neighbors/upload"}))
+    app.add_middleware(
+        JsonBody, routes=app.router.routes, multipart_paths=frozenset({"/v1/neighbors/upload"})
+    )
     app.add_middleware(Guard, state=state)
     app.add_middleware(BodyTimeout, timeout_s=settings.body_timeout_s)
     app.add_middleware(RequestContext, state=state)

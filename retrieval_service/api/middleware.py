@@ -14,9 +14,11 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from retrieval_service.api.state import ServiceState
@@ -271,13 +273,18 @@ class JsonBody:
 
     METHODS = frozenset({"POST", "PUT", "PATCH"})
 
-    def __init__(self, app: ASGIApp, multipart_paths: frozenset[str] = frozenset()):
-        self.app, self.multipart_paths = app, multipart_paths
+    def __init__(
+        self, app: ASGIApp, routes: Sequence[BaseRoute], multipart_paths: frozenset[str] = frozenset()
+    ):
+        self.app, self.routes, self.multipart_paths = app, routes, multipart_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
         if scope["type"] != "http" or scope["method"] not in self.METHODS or not path.startswith("/v1/"):
             await self.app(scope, receive, send)
+            return
+        if not any(route.matches(scope)[0] is Match.FULL for route in self.routes):
+            await self.app(scope, receive, send)  # no such route for this method: the router's 404 / 405
             return
         raw = dict(scope["headers"]).get(b"content-type", b"").decode("latin-1")
         media = raw.split(";", 1)[0].strip().lower()

@@ -13,6 +13,7 @@ ERROR_TEXT = {
     405: "method not allowed on this path (see the Allow header)",
     408: "the request body did not arrive in time",
     413: "request body, image or list over the deployment's limit",
+    415: "the body is not sent as application/json (multipart/form-data for uploads)",
     422: "a field is missing, of the wrong type, out of bounds or inconsistent",
     429: "rate limited (also after repeated failed authentication) or search queue full; see Retry-After",
     503: "the index is not loaded (yet); see Retry-After",
@@ -31,7 +32,8 @@ def document_errors(schema: dict[str, Any]) -> dict[str, Any]:
     """Make an OpenAPI schema's error answers true for every operation, whoever wrote the route.
 
     FastAPI documents its own 422 body (``HTTPValidationError``); ours is ``ErrorBody``. Every /v1 operation
-    may also answer 503 (index not loaded) and, with a request body, 400 (malformed body).
+    may also answer 503 (index not loaded) and, with a request body, 400 (malformed body) and 415 (a body
+    of another content type).
     """
     ref = {"$ref": "#/components/schemas/ErrorBody"}
     components = schema.setdefault("components", {}).setdefault("schemas", {})
@@ -45,7 +47,7 @@ def document_errors(schema: dict[str, Any]) -> dict[str, Any]:
             if path.startswith("/v1/"):
                 wanted.add("503")
                 if "requestBody" in operation:
-                    wanted.add("400")
+                    wanted.update(("400", "415"))
             if "422" not in responses and not operation.get("parameters") and "requestBody" not in operation:
                 wanted.discard("422")
             for status in wanted:

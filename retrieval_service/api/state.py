@@ -32,7 +32,7 @@ class Ready:
     index: Any  # retrieval_service.index.LoadedIndex
     spec_hash: str
     searcher: Searcher
-    extractor: Any  # services.extract.DescriptorExtractor, created on first image query
+    extractor: Any  # services.extract.DescriptorExtractor, built while loading (else on first use)
     extractor_lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -73,12 +73,33 @@ class ServiceState:
             self.load_error = f"cannot load index {s.index_dir}: {exc}"
             log.exception("cannot load index %s", s.index_dir)
             return
-        self._adopt(index)
+        extractor = None
+        try:
+            extractor = self._warm_extractor(index)
+        except Exception:  # noqa: BLE001 - image queries then build it on first use and answer its error
+            log.exception("cannot build the descriptor extractor ahead of the first image query")
+        self._adopt(index, extractor)
         log.info(
             "index %s loaded: %d sources in %.1f s", s.index_dir, index.size, time.perf_counter() - started
         )
 
-    def _adopt(self, index) -> None:
+    def _warm_extractor(self, index):
+        """The extractor, built and run once on a blank image before the service reports ready.
+
+        Its filter bank, torch's thread pool and FFT plans cost a few hundred MB the first time; built on the
+        first image query, that cost landed inside the first burst of queries, on top of their decodes, and
+        broke the memory budget from a cold start (RELIABILITY.md). Now it is part of the idle server.
+        """
+        import numpy as np
+
+        from services.extract import DescriptorExtractor
+
+        weights = getattr(index, "conv_weights", None)
+        extractor = DescriptorExtractor(index.spec, self.settings.device, weights)
+        extractor.histograms(np.zeros((1, index.spec.size, index.spec.size, 3), np.uint8))
+        return extractor
+
+    def _adopt(self, index, extractor=None) -> None:
         spec_hash = index.spec.spec_hash
         index_id = index.index_id
         if self.settings.nprobe is not None:  # other probes, other answers: never share their cache entries
@@ -95,7 +116,7 @@ class ServiceState:
             serialise=self.settings.device.startswith("cuda"),
         )
         self.metrics.index_size.set(index.size)
-        self.ready = Ready(index=index, spec_hash=spec_hash, searcher=searcher, extractor=None)
+        self.ready = Ready(index=index, spec_hash=spec_hash, searcher=searcher, extractor=extractor)
 
     def require_ready(self) -> Ready:
         if self.ready is None:

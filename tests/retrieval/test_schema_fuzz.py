@@ -1,8 +1,10 @@
 """Schemathesis against a REAL server (auth on, real Redis, a small real index): every check, zero findings.
 
-The CLI runs as a subprocess with a time cap (``--max-time``: the fuzzing and stateful phases repeat until
-it is spent) and at most ``MAX_EXAMPLES`` examples per operation, then its JSON report is read. Operations may
-answer 422 to schema-valid data only where the served index decides (``schemathesis.toml`` beside this file).
+The CLI runs as a subprocess bounded by examples, ``MAX_EXAMPLES`` per operation and phase, never by time: a
+time cap (``--max-time``) made the amount tested depend on how busy the machine was, and a loaded box once
+stopped at 220 examples and failed. ``SAFETY_NET_S`` only ends a run that hangs. Then its JSON report is
+read. Operations may answer 422 to schema-valid data only where the served index decides
+(``schemathesis.toml`` beside this file).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from tests.retrieval.live_server import build_test_index, live_server, shared_in
 HERE = Path(__file__).resolve().parent
 TOKEN = "fuzz-" + uuid.uuid4().hex[:8]
 MAX_EXAMPLES = 25
-MAX_TIME_S = 45
+MIN_GENERATED = 500  # what MAX_EXAMPLES per operation and phase yields at least, however slow the machine
+SAFETY_NET_S = 1800  # a hung run, not a slow one: far beyond any run seen (~2 min on a loaded 2-core box)
 SEED = 1
 
 
@@ -49,11 +52,11 @@ def test_schemathesis_finds_nothing(tmp_path_factory, redis_url, tmp_path):
             schemathesis_cli(), "--config-file", str(HERE / "schemathesis.toml"),
             "run", f"{base}/openapi.json",
             "-H", f"Authorization: Bearer {TOKEN}", "--checks", "all", "--max-examples", str(MAX_EXAMPLES),
-            "--max-time", str(MAX_TIME_S), "--seed", str(SEED), "--no-shrink", "--warnings", "off",
+            "--seed", str(SEED), "--no-shrink", "--warnings", "off",
             "--request-timeout", "30", "--report", "json", "--report-json-path", str(report),
         ]
         proc = subprocess.run(
-            cmd, cwd=tmp_path, capture_output=True, text=True, timeout=MAX_TIME_S + 120,
+            cmd, cwd=tmp_path, capture_output=True, text=True, timeout=SAFETY_NET_S,
             env={**os.environ, "NO_COLOR": "1"},
         )
     result = json.loads(report.read_text())
@@ -66,4 +69,4 @@ def test_schemathesis_finds_nothing(tmp_path_factory, redis_url, tmp_path):
     assert cases["unique_failures"] == 0 and not result["failures"] and not result["errors"]
     assert result["operations"]["tested"] == result["operations"]["total"] >= 18
     assert all(p["status"] in ("success", "skip") for p in result["phases"].values()), result["phases"]
-    assert cases["generated"] > 500, "a fuzz run this short tested too little to mean anything"
+    assert cases["generated"] >= MIN_GENERATED, "a fuzz run this short tested too little to mean anything"

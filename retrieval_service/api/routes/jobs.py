@@ -8,7 +8,7 @@ from fastapi import APIRouter, Path, Query
 
 from retrieval_service.api.deps import StateDep
 from retrieval_service.api.errors import NotFound
-from services.schemas import ErrorBody, Job, JobCreate, JobEvent, JobList, TextInt
+from services.schemas import ErrorBody, Job, JobCreate, JobEvent, JobList, text_int
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -23,7 +23,7 @@ def create_job(body: JobCreate, state: StateDep) -> Job:
 
 
 @router.get("", response_model=JobList)
-def list_jobs(state: StateDep, limit: Annotated[TextInt, Query(ge=1, le=1000)] = 200) -> JobList:
+def list_jobs(state: StateDep, limit: Annotated[text_int(ge=1, le=1000), Query()] = 200) -> JobList:
     """Registered jobs, most recent first."""
     return JobList(jobs=state.jobs.list(limit))
 

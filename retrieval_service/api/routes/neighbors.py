@@ -33,7 +33,7 @@ from services.schemas import (
     Metric,
     NeighborsRequest,
     NeighborsResponse,
-    TextInt,
+    text_int,
 )
 
 router = APIRouter(prefix="/v1", tags=["neighbors"])
@@ -104,9 +104,9 @@ def neighbors_upload(
     files: Annotated[
         list[UploadFile], File(min_length=1, description="Image files; each file name is its result id.")
     ],
-    k: Annotated[TextInt, Form(ge=1, le=K_MAX, description="Neighbors per image.")] = 10,
+    k: Annotated[text_int(ge=1, le=K_MAX), Form(description="Neighbors per image.")] = 10,
     offset: Annotated[
-        TextInt, Form(ge=0, le=OFFSET_MAX, description="Skip this many of the best neighbors.")
+        text_int(ge=0, le=OFFSET_MAX), Form(description="Skip this many of the best neighbors.")
     ] = 0,
     metric: Annotated[Metric, Form(description="js or skl.")] = "js",
     exact: Annotated[
@@ -114,7 +114,7 @@ def neighbors_upload(
     ] = False,
     # Typed int (not int | None): a form field cannot carry null, so the schema must not offer it.
     max_per_source: Annotated[
-        TextInt, Form(ge=1, le=QUERIES_MAX, description="A source goes to at most this many files.")
+        text_int(ge=1, le=QUERIES_MAX), Form(description="A source goes to at most this many files.")
     ] = None,
 ) -> Response:
     """Nearest source images of each uploaded file (multipart field ``files``); result ids are file names."""

@@ -20,11 +20,11 @@ from retrieval_service.api.thumbnails import (
     thumbnail_response,
 )
 from retrieval_service.index.integrity import SourceChanged, SourceMissing, check_present, read_verified
-from services.schemas import ID_LIMIT, DescriptorResponse, ErrorBody, StreamRequest, TextInt
+from services.schemas import ID_LIMIT, DescriptorResponse, ErrorBody, StreamRequest, text_int
 
 router = APIRouter(prefix="/v1/sources", tags=["sources"])
 
-SourceId = Annotated[TextInt, Path(ge=0, lt=ID_LIMIT, description="Id of a source image in this index.")]
+SourceId = Annotated[text_int(ge=0, lt=ID_LIMIT), Path(description="Id of a source image in this index.")]
 _NOT_FOUND = {404: {"model": ErrorBody, "description": "no such source_id"}}
 _DRIFT = {
     404: {"model": ErrorBody, "description": "no such source_id, or its file is gone (source_missing)"},
@@ -81,10 +81,8 @@ def source_image(
     thumbnails: ThumbnailsDep,
     if_none_match: Annotated[str | None, Header()] = None,
     size: Annotated[
-        TextInt | None,
+        text_int(ge=THUMBNAIL_MIN, le=THUMBNAIL_MAX) | None,
         Query(
-            ge=THUMBNAIL_MIN,
-            le=THUMBNAIL_MAX,
             description="Answer a JPEG thumbnail whose longer side is at most this many pixels.",
         ),
     ] = None,
