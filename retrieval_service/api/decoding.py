@@ -3,8 +3,10 @@
 A small compressed PNG can decode to 160 MB (40 Mpx x 4 bytes): without a bound, a burst of such queries
 multiplies that by the number of server threads. Each decode asks :class:`DecodeGate` for its estimated peak
 (``services.images.decode_cost``); it waits while ``slots`` decodes run or the estimates in flight would pass
-``budget_bytes`` (one image over the whole budget runs alone). Beyond ``max_waiting`` waiters, or after
-``wait_s``, the caller gets 429 ``overloaded`` with Retry-After instead of queueing without end.
+``budget_bytes`` (one image over the whole budget runs alone). Beyond ``max_waiting`` waiters, or when the
+estimates already waiting pass ``max_waiting_bytes``, the caller gets 429 ``overloaded`` with Retry-After AT
+ONCE: a burst of huge images used to queue until ``wait_s`` (30 s) ran out and then get its 429 anyway.
+``wait_s`` stays as the backstop.
 
 glibc keeps freed heap pages of its per-thread arenas, so RSS stayed high after a burst; after a large decode
 the gate calls ``malloc_trim(0)`` to hand them back to the OS (a no-op elsewhere).
@@ -61,11 +63,21 @@ def _usable_cores() -> int:
 class DecodeGate:
     """At most ``slots`` decodes and ``budget_bytes`` of estimated decode memory at once; thread-safe."""
 
-    def __init__(self, slots: int, budget_bytes: int, max_waiting: int, wait_s: float):
+    def __init__(
+        self,
+        slots: int,
+        budget_bytes: int,
+        max_waiting: int,
+        wait_s: float,
+        max_waiting_bytes: int | None = None,
+    ):
         if slots < 1 or budget_bytes < 1 or max_waiting < 0 or wait_s <= 0:
             raise ValueError("slots, budget_bytes and wait_s must be positive, max_waiting >= 0")
         self.slots, self.budget_bytes = slots, budget_bytes
         self.max_waiting, self.wait_s = max_waiting, wait_s
+        # Default: what the budget can work off in a few turns; a deeper queue would mostly wait to time out.
+        self.max_waiting_bytes = 2 * budget_bytes if max_waiting_bytes is None else max_waiting_bytes
+        self.waiting_bytes = 0
         self._cond = threading.Condition()
         self.active = 0
         self.in_flight_bytes = 0
@@ -76,7 +88,11 @@ class DecodeGate:
     def from_settings(cls, settings) -> DecodeGate:
         slots = settings.decode_slots or _usable_cores()
         return cls(
-            slots, settings.decode_memory_mb << 20, settings.max_waiting_decodes, settings.decode_wait_s
+            slots,
+            settings.decode_memory_mb << 20,
+            settings.max_waiting_decodes,
+            settings.decode_wait_s,
+            settings.decode_queue_mb << 20,
         )
 
     def _fits(self, cost: int) -> bool:
@@ -97,7 +113,18 @@ class DecodeGate:
                         {"waiting_decodes": self.waiting, "limit": self.max_waiting},
                         headers={"Retry-After": "1"},
                     )
+                if self.waiting and self.waiting_bytes + cost > self.max_waiting_bytes:
+                    raise Overloaded(
+                        f"{what}: {self.waiting_bytes >> 20} MB of image decodes are already waiting; "
+                        "retry shortly",
+                        {
+                            "waiting_decode_mb": self.waiting_bytes >> 20,
+                            "limit_mb": self.max_waiting_bytes >> 20,
+                        },
+                        headers={"Retry-After": "1"},
+                    )
                 self.waiting += 1
+                self.waiting_bytes += cost
                 self._cond.notify_all()  # lets observers (tests, metrics) see the queue grow
                 try:
                     while not self._fits(cost):
@@ -111,6 +138,7 @@ class DecodeGate:
                         self._cond.wait(left)
                 finally:
                     self.waiting -= 1
+                    self.waiting_bytes -= cost
             self.active += 1
             self.in_flight_bytes += cost
             self.peak_in_flight_bytes = max(self.peak_in_flight_bytes, self.in_flight_bytes)

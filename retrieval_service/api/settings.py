@@ -146,6 +146,11 @@ class Settings(BaseSettings):
         ge=0,
         description="Image decodes waiting for a slot; more -> 429 overloaded.",
     )
+    decode_queue_mb: int = Field(
+        1024,
+        ge=16,
+        description="Estimated memory of the image decodes waiting for a slot; more -> 429 at once.",
+    )
     decode_wait_s: float = Field(
         30.0,
         gt=0,

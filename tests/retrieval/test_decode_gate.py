@@ -78,3 +78,25 @@ def test_malloc_trim_is_available_on_glibc():
 
     if platform.libc_ver()[0] == "glibc":
         assert release_free_memory() is True
+
+
+def test_decodes_past_the_waiting_memory_are_refused_at_once():
+    """Issue 17, item 2: a burst of huge images queued until the 30 s wait ran out, then got its 429 anyway.
+    Past ``max_waiting_bytes`` of estimates already waiting, the 429 comes at once (wait_s is an hour here:
+    a refusal that waited would never come)."""
+    gate = DecodeGate(slots=1, budget_bytes=100 * MB, max_waiting=64, wait_s=3600, max_waiting_bytes=150 * MB)
+    entered, leave = threading.Event(), threading.Event()
+    holder = threading.Thread(target=_blocked_admit, args=(gate, 90 * MB, entered, leave))
+    holder.start()
+    assert entered.wait(10)
+    waiter = threading.Thread(target=_blocked_admit, args=(gate, 90 * MB, threading.Event(), leave))
+    waiter.start()
+    with gate._cond:
+        assert gate._cond.wait_for(lambda: gate.waiting == 1, timeout=10)
+    with pytest.raises(Overloaded, match="MB of image decodes are already waiting") as info:
+        with gate.admit(90 * MB):  # 90 + 90 MB waiting > 150 MB
+            pass
+    assert info.value.headers["Retry-After"] == "1" and gate.waiting == 1
+    leave.set()
+    holder.join(10), waiter.join(10)
+    assert gate.waiting == 0 and gate.waiting_bytes == 0 and gate.active == 0
