@@ -291,7 +291,9 @@ class JsonBody:
         multipart = scope["path"] in self.multipart_paths
         wanted = "multipart/form-data" if multipart else "application/json"
         json_suffix = not multipart and media.startswith("application/") and media.endswith("+json")
-        if media == wanted or json_suffix:
+        # A url-encoded form is still a form: the route then names what it lacks (files) with a 422.
+        plain_form = multipart and media == "application/x-www-form-urlencoded"
+        if media == wanted or json_suffix or plain_form:
             await self.app(scope, receive, send)
             return
         message = f"send the body as Content-Type: {wanted} (got {raw[:100] or 'no content type'})"
