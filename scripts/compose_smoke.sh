@@ -89,7 +89,7 @@ build_images() {
     for service in retrieval trainer; do
         compose build "$service" 2>&1 \
             | grep -E --line-buffered '^(Step [0-9]+/|Successfully|#[0-9]+ (DONE|ERROR)|ERROR|error)' \
-            | sed 's/^/    /'
+            | sed -u 's/^/    /'
         rc=${PIPESTATUS[0]}
         [ "$rc" -eq 0 ] || break
     done
@@ -100,7 +100,7 @@ build_images() {
 # up SERVICE: start it and what it depends on (compose waits for their healthchecks), not what depends on it.
 up() {
     STACK_UP=1
-    compose up -d "$1" 2>&1 | sed 's/^/    /'
+    compose up -d "$1" 2>&1 | sed -u 's/^/    /'
     return "${PIPESTATUS[0]}"
 }
 
@@ -115,7 +115,7 @@ wait_ready() {
     done
     log "ready: $(curl -fsS "$url")"
     log "first start, from \`docker compose logs retrieval\`:"
-    compose logs --no-color retrieval 2>&1 | grep -E 'entrypoint:|build|index|Uvicorn running' | head -n 12 | sed 's/^/    /'
+    compose logs --no-color retrieval 2>&1 | grep -E 'entrypoint:|build|index|Uvicorn running' | head -n 12 | sed -u 's/^/    /'
 }
 
 query_neighbors() {
@@ -140,7 +140,7 @@ wait_trainer() {
     id=$(compose ps -a -q trainer)
     [ -n "$id" ] || { log "no trainer container"; return 1; }
     code=$(timeout "$TIMEOUT_S" docker wait "$id") || { log "trainer still running after ${TIMEOUT_S} s"; return 1; }
-    compose logs --no-color trainer 2>&1 | grep -vE '^\s*$' | tail -n 8 | sed 's/^/    /'
+    compose logs --no-color trainer 2>&1 | grep -vE '^\s*$' | tail -n 8 | sed -u 's/^/    /'
     [ "$code" = 0 ] || { log "trainer exited $code"; return 1; }
     compose cp "trainer:/data/runs/$RUN_NAME/metrics.jsonl" "$WORK/metrics.jsonl" >/dev/null || return 1
     python3 - "$WORK/metrics.jsonl" <<'PY'
@@ -156,7 +156,7 @@ PY
 
 image_sizes() {
     docker image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' \
-        | grep -E '^(sjft-(retrieval|trainer):cpu|sjft-local/)' | sed 's/^/    /'
+        | grep -E '^(sjft-(retrieval|trainer):cpu|sjft-local/)' | sed -u 's/^/    /'
 }
 
 step "engine" ensure_engine
